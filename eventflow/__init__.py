@@ -1,0 +1,110 @@
+"""EventFlow: event ingestion over a JWT-protected JSON API, processed by Huey workers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import event as sa_event
+
+from .config import Settings, load_settings
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    # WAL lets the web process read while the worker writes; the busy timeout waits out locks.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _flask_config(settings: Settings) -> dict[str, Any]:
+    engine_options: dict[str, Any] = {"pool_pre_ping": True}
+    if settings.database_url.startswith("sqlite"):
+        engine_options = {"connect_args": {"timeout": 30}}
+    else:
+        engine_options.update(pool_size=10, max_overflow=20)
+    return {
+        "SECRET_KEY": settings.secret_key,
+        "JWT_SECRET_KEY": settings.jwt_secret_key,
+        "JWT_ALGORITHM": "HS256",
+        "JWT_DECODE_ALGORITHMS": ["HS256"],
+        "JWT_ACCESS_TOKEN_EXPIRES": timedelta(seconds=settings.jwt_access_token_expires),
+        "JWT_TOKEN_LOCATION": ["headers"],
+        "SQLALCHEMY_DATABASE_URI": settings.database_url,
+        "SQLALCHEMY_ENGINE_OPTIONS": engine_options,
+        "MAX_CONTENT_LENGTH": MAX_BODY_BYTES,
+        "JSON_SORT_KEYS": False,
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_SECURE": settings.env == "production",
+        "WTF_CSRF_TIME_LIMIT": None,
+        "EVENTFLOW": settings,
+    }
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app: settings -> extensions -> queue -> blueprints -> CLI -> error handlers.
+
+    `test_config` may hold environment-style settings (e.g. DATABASE_URL) that override
+    os.environ, and Flask config keys (upper-case names Flask knows) applied last.
+    """
+    app = Flask(
+        __name__,
+        instance_path=os.environ.get("EVENTFLOW_INSTANCE_PATH")
+        or str(Path(__file__).resolve().parent.parent / "instance"),
+        template_folder="../templates",
+        static_folder="../static",
+    )
+    overrides = dict(test_config or {})
+    env = {**os.environ, **{k: v for k, v in overrides.items() if isinstance(v, str)}}
+    Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+    settings = load_settings(env, app.instance_path)
+    app.config.update(_flask_config(settings))
+    app.config.update(
+        {k: v for k, v in overrides.items() if k in app.config or k.startswith(("WTF_", "TESTING"))}
+    )
+
+    from .errors import register_error_handlers, register_jwt_errors
+    from .extensions import csrf, db, jwt, migrate, socketio
+    from .tasks.queue import init_queue
+    from .tasks.registry import load_handler_modules
+
+    db.init_app(app)
+    if settings.database_url.startswith("sqlite"):
+        with app.app_context():
+            sa_event.listen(db.engine, "connect", _sqlite_pragmas)
+    migrate.init_app(app, db, directory=str(Path(__file__).resolve().parent.parent / "migrations"))
+    jwt.init_app(app)
+    csrf.init_app(app)
+    socketio.init_app(
+        app,
+        message_queue=settings.redis_url,
+        async_mode="threading",
+        cors_allowed_origins=[],
+        logger=False,
+        engineio_logger=False,
+    )
+    register_jwt_errors()
+    load_handler_modules(settings.handlers)
+    init_queue(app, settings)
+
+    from .api import bp as api_bp
+    from .api.health import bp as health_bp
+
+    csrf.exempt(api_bp)
+    csrf.exempt(health_bp)
+    app.register_blueprint(api_bp)
+    app.register_blueprint(health_bp)
+
+    from .cli import register_cli
+
+    register_cli(app)
+    register_error_handlers(app)
+    return app

@@ -1,0 +1,41 @@
+"""POST/GET /events and GET /events/{id}."""
+
+from flask import request
+from flask_jwt_extended import jwt_required
+
+from .. import events
+from . import bp
+from .inputs import current_viewer, json_body
+from .serialize import event_to_dict, page_to_dict
+
+
+@bp.post("/events")
+@jwt_required()
+def create_event():
+    viewer = current_viewer()
+    key = events.check_idempotency_key(request.headers.get("Idempotency-Key"))
+    event_type, payload = events.validate_event(json_body())
+    event_id, created = events.create_event(viewer, event_type, payload, key)
+    headers = {"Location": f"/api/v1/events/{event_id}"}
+    return {"eventId": str(event_id), "status": "queued"}, 202 if created else 200, headers
+
+
+@bp.get("/events/<event_id>")
+@jwt_required()
+def get_event(event_id: str):
+    return event_to_dict(events.get_event(current_viewer(), event_id))
+
+
+@bp.get("/events")
+@jwt_required()
+def list_events():
+    args = request.args
+    page = events.list_events(
+        current_viewer(),
+        page=args.get("page"),
+        limit=args.get("limit"),
+        status=args.get("status"),
+        event_type=args.get("type"),
+        user=args.get("user"),
+    )
+    return page_to_dict(page)

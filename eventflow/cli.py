@@ -1,0 +1,112 @@
+"""Commands: `users create`, `users ensure-admin`, `worker`, `dlq list|replay`."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup
+
+from . import events, users
+from .errors import ApiError
+from .models import Status
+
+users_cli = AppGroup("users", help="Manage user accounts.")
+dlq_cli = AppGroup("dlq", help="Inspect and replay the dead-letter queue.")
+DEFAULT_ADMIN_EMAIL = "admin@example.com"
+
+
+def _fail(exc: ApiError) -> None:
+    raise click.ClickException(exc.message)
+
+
+@users_cli.command("create")
+@click.argument("email")
+@click.option("--admin", is_flag=True, help="Give the user the admin role.")
+@click.option(
+    "--password",
+    prompt=True,
+    hide_input=True,
+    confirmation_prompt=True,
+    help="The password (prompted for when not given).",
+)
+def create_user(email: str, admin: bool, password: str) -> None:
+    """Create a user account."""
+    try:
+        user = users.create_user(email, password, admin=admin)
+    except ApiError as exc:
+        _fail(exc)
+    click.echo(f"created {user.role} {user.email} ({user.id})")
+
+
+@users_cli.command("ensure-admin")
+@click.option("--email", default=DEFAULT_ADMIN_EMAIL, show_default=True)
+def ensure_admin(email: str) -> None:
+    """Create an admin with a random password unless one exists; print its credentials."""
+    try:
+        user, password = users.ensure_admin(email)
+    except ApiError as exc:
+        _fail(exc)
+    if password:
+        click.echo(f"Admin created: {user.email} / password: {password}")
+        click.echo("(shown once: change it with `flask --app wsgi users create` for a new admin)")
+    else:
+        click.echo(f"Admin account: {user.email}")
+
+
+@click.command("worker")
+@click.option("--workers", "-w", default=4, show_default=True, type=click.IntRange(1, 256))
+@click.option("--processes", is_flag=True, help="Use processes instead of threads.")
+def worker(workers: int, processes: bool) -> None:
+    """Run a Huey consumer; SIGTERM or Ctrl-C finish in-flight events, then exit."""
+    from .tasks.queue import get_queue
+    from .tasks.worker import run_worker
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = current_app._get_current_object()
+    run_worker(app, get_queue(), app.config["EVENTFLOW"], workers, processes)
+
+
+@dlq_cli.command("list")
+@click.option("--type", "event_type", default=None, help="Only events of this type.")
+@click.option("--limit", default="50", show_default=True)
+def dlq_list(event_type: str | None, limit: str) -> None:
+    """List the FAILED events, newest first."""
+    try:
+        page = events.list_events(
+            events.Viewer(user_id=None, is_admin=True),
+            status=Status.FAILED.value,
+            event_type=event_type,
+            limit=limit,
+        )
+    except ApiError as exc:
+        _fail(exc)
+    click.echo(f"{page.total} event(s) in the DLQ")
+    for event in page.items:
+        click.echo(
+            f"{event.id}  {event.type:<24} attempts={event.attempts}  {event.last_error or ''}"
+        )
+
+
+@dlq_cli.command("replay")
+@click.argument("event_id", required=False)
+@click.option("--type", "event_type", default=None, help="Replay only events of this type.")
+def dlq_replay(event_id: str | None, event_type: str | None) -> None:
+    """Replay one DLQ event by id, or every DLQ event (of a type)."""
+    try:
+        if event_id:
+            events.replay_event(event_id)
+            click.echo(f"replayed {event_id}")
+        else:
+            click.echo(f"replayed {events.replay_dlq(event_type)} event(s)")
+    except ApiError as exc:
+        _fail(exc)
+
+
+def register_cli(app: Flask) -> None:
+    app.cli.add_command(users_cli)
+    app.cli.add_command(dlq_cli)
+    app.cli.add_command(worker)

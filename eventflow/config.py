@@ -1,0 +1,143 @@
+"""Every setting EventFlow reads, parsed from the environment once and validated."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEV_SECRET_KEY = "dev-secret-key-change-me"
+DEV_JWT_SECRET_KEY = "dev-jwt-secret-key-change-me-please"
+MIN_PRODUCTION_SECRET_BYTES = 32
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names it and says why."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: str = "development"
+    database_url: str = ""
+    redis_url: str | None = None
+    secret_key: str = DEV_SECRET_KEY
+    jwt_secret_key: str = DEV_JWT_SECRET_KEY
+    jwt_access_token_expires: float = 900.0
+    handlers: tuple[str, ...] = ()
+    max_attempts: int = 5
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 300.0
+    visibility_timeout_seconds: float = 300.0
+    recovery_interval_seconds: float = 30.0
+    port: int = 5000
+    instance_path: str = ""
+    queue_path: str = field(default="")
+
+    @property
+    def embedded(self) -> bool:
+        """True when running on SQLite + Huey's SQLite queue (no servers)."""
+        return self.redis_url is None
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not math.isfinite(value) or value < minimum:
+        raise ConfigError(f"{name} must be a finite number >= {minimum:g}, got {raw!r}")
+    return value
+
+
+def _integer(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name} must be between {minimum} and {maximum}, got {raw!r}")
+    return value
+
+
+def _database_url(env: Mapping[str, str], instance_path: str) -> str:
+    url = env.get("DATABASE_URL", "").strip()
+    if not url:
+        return "sqlite:///" + str(Path(instance_path) / "eventflow.sqlite3")
+    # Heroku-style URLs say postgres://, which SQLAlchemy no longer accepts.
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if not url.startswith(("postgresql", "sqlite")):
+        raise ConfigError(f"DATABASE_URL must be a postgresql:// or sqlite:// URL, got {url!r}")
+    return url
+
+
+def _redis_url(env: Mapping[str, str]) -> str | None:
+    url = env.get("REDIS_URL", "").strip()
+    if not url:
+        return None
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"REDIS_URL must be a redis:// URL, got {url!r}")
+    return url
+
+
+def _check_production_secrets(settings: Settings, env: Mapping[str, str]) -> None:
+    for name, value, default in (
+        ("SECRET_KEY", settings.secret_key, DEV_SECRET_KEY),
+        ("JWT_SECRET_KEY", settings.jwt_secret_key, DEV_JWT_SECRET_KEY),
+    ):
+        if not env.get(name):
+            raise ConfigError(f"{name} must be set when EVENTFLOW_ENV=production")
+        if value == default:
+            raise ConfigError(f"{name} is the development default; set a real secret in production")
+        if len(value.encode()) < MIN_PRODUCTION_SECRET_BYTES:
+            raise ConfigError(
+                f"{name} must be at least {MIN_PRODUCTION_SECRET_BYTES} bytes in production"
+            )
+
+
+def load_settings(env: Mapping[str, str] | None = None, instance_path: str = "") -> Settings:
+    """Build the validated settings from an environment mapping (os.environ by default)."""
+    env = os.environ if env is None else env
+    app_env = env.get("EVENTFLOW_ENV", "development").strip() or "development"
+    if app_env not in ("development", "production", "test"):
+        raise ConfigError(f"EVENTFLOW_ENV must be development, production or test, got {app_env!r}")
+    handlers = tuple(p.strip() for p in env.get("EVENTFLOW_HANDLERS", "").split(",") if p.strip())
+    retry_base = _number(env, "EVENTFLOW_RETRY_BASE_SECONDS", 1.0, minimum=0)
+    retry_max = _number(env, "EVENTFLOW_RETRY_MAX_SECONDS", 300.0, minimum=0)
+    if retry_max < retry_base:
+        raise ConfigError(
+            "EVENTFLOW_RETRY_MAX_SECONDS must be >= EVENTFLOW_RETRY_BASE_SECONDS "
+            f"({retry_max:g} < {retry_base:g})"
+        )
+    settings = Settings(
+        env=app_env,
+        database_url=_database_url(env, instance_path),
+        redis_url=_redis_url(env),
+        secret_key=env.get("SECRET_KEY") or DEV_SECRET_KEY,
+        jwt_secret_key=env.get("JWT_SECRET_KEY") or DEV_JWT_SECRET_KEY,
+        jwt_access_token_expires=_number(env, "JWT_ACCESS_TOKEN_EXPIRES_SECONDS", 900.0, minimum=1),
+        handlers=handlers,
+        max_attempts=_integer(env, "EVENTFLOW_MAX_ATTEMPTS", 5, minimum=1, maximum=100),
+        retry_base_seconds=retry_base,
+        retry_max_seconds=retry_max,
+        visibility_timeout_seconds=_number(
+            env, "EVENTFLOW_VISIBILITY_TIMEOUT_SECONDS", 300.0, minimum=0.1
+        ),
+        recovery_interval_seconds=_number(
+            env, "EVENTFLOW_RECOVERY_INTERVAL_SECONDS", 30.0, minimum=0.1
+        ),
+        port=_integer(env, "PORT", 5000, minimum=1, maximum=65535),
+        instance_path=instance_path,
+        queue_path=str(Path(instance_path) / "queue.sqlite3"),
+    )
+    if app_env == "production":
+        _check_production_secrets(settings, env)
+    return settings

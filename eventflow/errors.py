@@ -1,0 +1,97 @@
+"""ApiError and the one place that turns any /api/v1 error into the JSON envelope."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from .extensions import db, jwt
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error the client can act on: an HTTP status, a snake_case code and a message."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_response(status: int, code: str, message: str):
+    """The error envelope: {"error": {"code", "message"}} with its status."""
+    return jsonify(error={"code": code, "message": message}), status
+
+
+def _code_for(exc: HTTPException) -> str:
+    name = exc.name or "error"
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def _wants_envelope() -> bool:
+    path = request.path
+    return path.startswith("/api/") or path in ("/api", "/health", "/metrics")
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Render every error on API paths as the envelope; other paths keep Flask's pages."""
+
+    @app.errorhandler(ApiError)
+    def handle_api_error(exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message)
+
+    @app.errorhandler(HTTPException)
+    def handle_http_exception(exc: HTTPException):
+        if not _wants_envelope():
+            return exc
+        if exc.code == 413:
+            return error_response(413, "payload_too_large", "request body is larger than 1 MiB")
+        response = error_response(exc.code or 500, _code_for(exc), exc.description or exc.name)
+        if exc.code == 405 and exc.valid_methods:
+            response[0].headers["Allow"] = ", ".join(exc.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(exc: Exception):
+        db.session.rollback()
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        if not _wants_envelope():
+            return "Internal Server Error", 500
+        return error_response(500, "internal_error", "an unexpected error occurred")
+
+
+def register_jwt_errors() -> None:
+    """Give every flask-jwt-extended failure the envelope and a 401."""
+
+    @jwt.unauthorized_loader
+    def missing_token(reason: str):
+        return error_response(401, "missing_token", f"authentication required: {reason}")
+
+    @jwt.invalid_token_loader
+    def invalid_token(reason: str):
+        return error_response(401, "invalid_token", f"invalid token: {reason}")
+
+    @jwt.expired_token_loader
+    def expired_token(_header, _payload):
+        return error_response(401, "token_expired", "the token has expired; log in again")
+
+    @jwt.revoked_token_loader
+    def revoked_token(_header, _payload):
+        return error_response(401, "token_revoked", "the token has been revoked")
+
+    @jwt.needs_fresh_token_loader
+    def needs_fresh(_header, _payload):
+        return error_response(401, "fresh_token_required", "a fresh token is required")
+
+    @jwt.user_lookup_error_loader
+    def user_lookup_failed(_header, _payload):
+        return error_response(401, "invalid_token", "the token's user no longer exists")
+
+    @jwt.token_verification_failed_loader
+    def verification_failed(_header, _payload):
+        return error_response(401, "invalid_token", "the token failed verification")

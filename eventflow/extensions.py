@@ -1,0 +1,19 @@
+"""Extensions, created unbound here and bound to the app in create_app()."""
+
+from flask_jwt_extended import JWTManager
+from flask_migrate import Migrate
+from flask_socketio import SocketIO
+from flask_sqlalchemy import SQLAlchemy
+from flask_wtf import CSRFProtect
+from sqlalchemy.orm import DeclarativeBase
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+db = SQLAlchemy(model_class=Base)
+migrate = Migrate()
+jwt = JWTManager()
+socketio = SocketIO()
+csrf = CSRFProtect()

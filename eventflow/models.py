@@ -1,0 +1,159 @@
+"""The tables: users, events and one row per processing attempt."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .extensions import db
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """timestamptz on PostgreSQL; on SQLite (which keeps no zone) values come back as UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(UTC)
+            if dialect.name == "sqlite":
+                value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+class Role(enum.StrEnum):
+    USER = "user"
+    ADMIN = "admin"
+
+
+class Status(enum.StrEnum):
+    PENDING = "PENDING"
+    PROCESSING = "PROCESSING"
+    PROCESSED = "PROCESSED"
+    RETRYING = "RETRYING"
+    FAILED = "FAILED"
+
+
+class Outcome(enum.StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    RETRY = "retry"  # failed, another attempt is scheduled
+    FAILED = "failed"  # failed, the event went to the DLQ
+    LOST = "lost"  # the worker died; recovery closed the attempt
+
+
+class User(db.Model):
+    __tablename__ = "users"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16), default=Role.USER.value, server_default="user")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == Role.ADMIN.value
+
+
+class Event(db.Model):
+    __tablename__ = "events"
+    __table_args__ = (
+        UniqueConstraint("user_id", "idempotency_key", name="uq_events_user_id_idempotency_key"),
+        Index("ix_events_user_id_created_at", "user_id", "created_at"),
+        Index("ix_events_status_created_at", "status", "created_at"),
+        Index("ix_events_type_created_at", "type", "created_at"),
+        # Recovery looks for waiting or claimed events by their due/lock time.
+        Index("ix_events_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), index=True)
+    type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    status: Mapped[str] = mapped_column(String(16), default=Status.PENDING.value, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Attempts made before the latest replay: a replay gives a fresh retry budget.
+    replayed_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    result: Mapped[Any | None] = mapped_column(JSONType, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+    # When the event is due: its enqueue time, or the end of its retry backoff.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # When a worker claimed it (refreshed by the worker's heartbeat while it runs).
+    locked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    locked_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class EventAttempt(db.Model):
+    __tablename__ = "event_attempts"
+    __table_args__ = (
+        UniqueConstraint("event_id", "number", name="uq_event_attempts_event_id_number"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    outcome: Mapped[str] = mapped_column(String(16), default=Outcome.RUNNING.value)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    traceback: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Worker(db.Model):
+    """A running worker process's heartbeat: who is alive, since when, doing what."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    concurrency: Mapped[int] = mapped_column(Integer, default=1)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    in_flight: Mapped[int] = mapped_column(Integer, default=0)
+    processed: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class StatBucket(db.Model):
+    """Per-second counters in the embedded mode (with Redis they live in Redis)."""
+
+    __tablename__ = "stat_buckets"
+
+    second: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    metric: Mapped[str] = mapped_column(String(16), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,0 +1,5 @@
+"""Event processing: the handler registry, the queue, the worker pipeline and recovery."""
+
+from .registry import PermanentError, handler
+
+__all__ = ["PermanentError", "handler"]

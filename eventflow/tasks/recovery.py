@@ -1,0 +1,71 @@
+"""Re-send what the queue lost: orphaned claims and waiting events without a message.
+
+Huey takes messages destructively, so a killed worker, a flushed or restarted Redis, or a failed
+enqueue after commit all leave events the queue no longer knows. PostgreSQL still knows them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from .. import transitions
+from ..config import Settings
+from ..models import Status, utcnow
+from .queue import QUEUE_ERRORS, EventQueue
+
+logger = logging.getLogger(__name__)
+BATCH = 1000
+
+
+@dataclass
+class RecoveryReport:
+    orphans_retried: int = 0
+    orphans_failed: int = 0
+    resent: int = 0
+
+
+def recover_orphans(queue: EventQueue, settings: Settings, report: RecoveryReport) -> None:
+    """PROCESSING events whose worker stopped refreshing the lock: retry them (or DLQ them)."""
+    cutoff = utcnow() - timedelta(seconds=settings.visibility_timeout_seconds)
+    for event_id, number in transitions.find_orphans(cutoff, BATCH):
+        status = transitions.release_orphan(event_id, number, cutoff, settings.max_attempts)
+        if status == Status.RETRYING.value:
+            report.orphans_retried += 1
+            queue.enqueue([event_id], retried=1)
+        elif status == Status.FAILED.value:
+            report.orphans_failed += 1
+            queue.record(failed=1)
+
+
+def resend_lost_messages(queue: EventQueue, settings: Settings, report: RecoveryReport) -> None:
+    """Re-send only as many waiting events as the queue is short of messages.
+
+    A long backlog that is simply waiting has a message per event, so nothing is re-sent and
+    the queue is not flooded with duplicates. A duplicate that does slip in is harmless: the
+    claim lets only one message run the event.
+    """
+    missing = transitions.count_waiting() - queue.messages_waiting()
+    if missing <= 0:
+        return
+    # Events that became due moments ago may be on their way into the queue: leave them be.
+    grace = min(settings.recovery_interval_seconds, settings.visibility_timeout_seconds)
+    cutoff = utcnow() - timedelta(seconds=grace)
+    ids = transitions.touch_waiting(cutoff, min(missing, BATCH))
+    if ids:
+        queue.enqueue(ids)
+        report.resent += len(ids)
+
+
+def recover(queue: EventQueue, settings: Settings) -> RecoveryReport:
+    """One recovery pass; a queue outage is logged and the pass tried again next interval."""
+    report = RecoveryReport()
+    try:
+        recover_orphans(queue, settings, report)
+        resend_lost_messages(queue, settings, report)
+    except QUEUE_ERRORS as exc:
+        logger.warning("recovery skipped, queue unreachable: %s", exc)
+    if report.orphans_retried or report.orphans_failed or report.resent:
+        logger.warning("recovery: %s", report)
+    return report

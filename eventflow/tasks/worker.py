@@ -1,0 +1,153 @@
+"""The worker process: a Huey consumer, plus a heartbeat and the periodic recovery pass."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+
+from flask import Flask
+from sqlalchemy import delete
+
+from .. import transitions
+from ..config import Settings
+from ..extensions import db
+from ..models import Worker, utcnow
+from .processing import in_flight, worker_id
+from .queue import EventQueue
+from .recovery import recover
+
+logger = logging.getLogger(__name__)
+RECOVERY_LOCK = "eventflow:recovery-lock"
+
+
+class Heartbeat:
+    """One thread per process: says this worker is alive and keeps its claims' locks fresh."""
+
+    def __init__(self, app: Flask, settings: Settings, concurrency: int):
+        self.app = app
+        self.concurrency = concurrency
+        # Refresh well inside the visibility timeout so a live worker is never taken for dead.
+        self.interval = min(2.0, settings.visibility_timeout_seconds / 3)
+        self.started_at = utcnow()
+        self._pid: int | None = None
+        self._stop = threading.Event()
+
+    def ensure_started(self) -> None:
+        """Start the thread in this process if it is not running here yet (safe after fork)."""
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, name="eventflow-heartbeat", daemon=True).start()
+
+    def beat(self) -> None:
+        me = worker_id()
+        ids = in_flight.ids()
+        transitions.refresh_locks(ids, me)
+        db.session.merge(
+            Worker(
+                id=me,
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                concurrency=self.concurrency,
+                started_at=self.started_at,
+                last_seen_at=utcnow(),
+                in_flight=len(ids),
+                processed=in_flight.processed,
+            )
+        )
+        db.session.commit()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self.app.app_context():
+                try:
+                    self.beat()
+                except Exception:
+                    db.session.rollback()
+                    logger.warning("heartbeat failed", exc_info=True)
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        """Stop beating and remove this process's row so it no longer counts as alive."""
+        self._stop.set()
+        with self.app.app_context():
+            try:
+                db.session.execute(delete(Worker).where(Worker.id == worker_id()))
+                db.session.commit()
+            except Exception:
+                db.session.rollback()
+                logger.warning("could not remove worker row", exc_info=True)
+
+
+def _recovery_loop(app: Flask, queue: EventQueue, settings: Settings, stop: threading.Event):
+    interval = settings.recovery_interval_seconds
+    while not stop.wait(interval):
+        with app.app_context():
+            try:
+                # With several worker hosts, one recovery pass per interval is enough.
+                if queue.redis is not None and not queue.redis.set(
+                    RECOVERY_LOCK, worker_id(), nx=True, px=max(1, int(interval * 900))
+                ):
+                    continue
+                recover(queue, settings)
+            except Exception:
+                db.session.rollback()
+                logger.exception("recovery pass failed")
+
+
+def run_worker(app: Flask, queue: EventQueue, settings: Settings, workers: int, processes: bool):
+    """Run until SIGTERM or Ctrl-C; both let in-flight events finish before exiting."""
+    huey = queue.huey
+    heartbeat = Heartbeat(app, settings, workers if not processes else 1)
+
+    @huey.on_startup("eventflow")
+    def start_worker() -> None:
+        if processes:
+            # A forked child must not share the parent's database connections.
+            with app.app_context():
+                db.engine.dispose(close=False)
+        heartbeat.ensure_started()
+
+    if processes:
+
+        @huey.on_shutdown("eventflow")
+        def stop_worker() -> None:
+            heartbeat.stop()
+
+    consumer = huey.create_consumer(
+        workers=workers,
+        worker_type="process" if processes else "thread",
+        periodic=False,
+        graceful_signal="TERM",
+        initial_delay=0.05,
+        max_delay=0.5,  # polling cap for the SQLite queue; Redis blocks on BRPOP instead
+    )
+    # Ctrl-C is graceful too (as SIGTERM): a second Ctrl-C stops at once.
+    consumer._signal_actions[signal.SIGINT] = (False, True)
+
+    stop = threading.Event()
+    recovery = threading.Thread(
+        target=_recovery_loop,
+        args=(app, queue, settings, stop),
+        name="eventflow-recovery",
+        daemon=True,
+    )
+    recovery.start()
+    logger.info(
+        "worker %s: %d %s, recovery every %gs, visibility timeout %gs",
+        worker_id(),
+        workers,
+        "processes" if processes else "threads",
+        settings.recovery_interval_seconds,
+        settings.visibility_timeout_seconds,
+    )
+    try:
+        consumer.run()
+    finally:
+        stop.set()
+        if not processes:
+            heartbeat.stop()
