@@ -1,0 +1,63 @@
+"""Handlers the tests load through EVENTFLOW_HANDLERS=tests.handlers.
+
+Every call appends a line "<event id> <attempt>" to the file named in the payload's
+"effects" field, so tests count handler effects exactly, across processes and crashes.
+"""
+
+import os
+import time
+
+from eventflow.tasks import PermanentError, handler
+
+
+def _effect(event) -> None:
+    path = event.payload.get("effects")
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{event.id} {event.attempt}\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+@handler("TEST_OK")
+def ok(event):
+    _effect(event)
+    return {"attempt": event.attempt}
+
+
+@handler("TEST_FLAKY")
+def flaky(event):
+    """Fails until attempt payload["succeed_on"]."""
+    _effect(event)
+    if event.attempt < event.payload.get("succeed_on", 3):
+        raise RuntimeError(f"flaky failure on attempt {event.attempt}")
+    return {"succeeded_on": event.attempt}
+
+
+@handler("TEST_ALWAYS_FAILS")
+def always_fails(event):
+    _effect(event)
+    raise ValueError("this handler always fails")
+
+
+@handler("TEST_PERMANENT")
+def permanent(event):
+    _effect(event)
+    raise PermanentError("cannot ever succeed")
+
+
+@handler("TEST_SLOW")
+def slow(event):
+    """Sleeps payload["seconds"] before its effect is recorded as done."""
+    time.sleep(event.payload.get("seconds", 1))
+    _effect(event)
+    return {"slept": event.payload.get("seconds", 1)}
+
+
+@handler("TEST_TOGGLE")
+def toggle(event):
+    """Fails while the file payload["fail_while"] exists (replay tests remove it)."""
+    _effect(event)
+    if os.path.exists(event.payload["fail_while"]):
+        raise RuntimeError("toggle is on")
+    return {"ok": True}
