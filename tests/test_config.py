@@ -1,0 +1,109 @@
+"""Settings come from the environment only; bad values stop start-up with a clear message."""
+
+import subprocess
+
+import pytest
+
+from eventflow.config import ConfigError, load_settings
+from tests.conftest import BIN, ROOT
+
+STRONG = "s" * 40
+
+
+def test_defaults_are_the_embedded_mode(tmp_path):
+    settings = load_settings({}, str(tmp_path))
+    assert settings.embedded
+    assert settings.database_url == f"sqlite:///{tmp_path}/eventflow.sqlite3"
+    assert settings.max_attempts == 5
+    assert settings.retry_base_seconds == 1.0 and settings.retry_max_seconds == 300.0
+    assert settings.visibility_timeout_seconds == 300.0
+    assert settings.recovery_interval_seconds == 30.0
+    assert settings.port == 5000
+
+
+def test_durations_accept_fractions_and_urls_are_normalised():
+    settings = load_settings(
+        {
+            "EVENTFLOW_RETRY_BASE_SECONDS": "0.2",
+            "EVENTFLOW_VISIBILITY_TIMEOUT_SECONDS": "1.5",
+            "DATABASE_URL": "postgres://u@h/db",
+            "REDIS_URL": "redis://127.0.0.1:6379/2",
+            "EVENTFLOW_HANDLERS": "a.b, c.d ,",
+        }
+    )
+    assert settings.retry_base_seconds == 0.2
+    assert settings.visibility_timeout_seconds == 1.5
+    assert settings.database_url == "postgresql://u@h/db"
+    assert not settings.embedded
+    assert settings.handlers == ("a.b", "c.d")
+
+
+@pytest.mark.parametrize(
+    "env, named",
+    [
+        ({"EVENTFLOW_MAX_ATTEMPTS": "zero"}, "EVENTFLOW_MAX_ATTEMPTS"),
+        ({"EVENTFLOW_MAX_ATTEMPTS": "0"}, "EVENTFLOW_MAX_ATTEMPTS"),
+        ({"EVENTFLOW_RETRY_BASE_SECONDS": "-1"}, "EVENTFLOW_RETRY_BASE_SECONDS"),
+        ({"EVENTFLOW_RETRY_MAX_SECONDS": "nan"}, "EVENTFLOW_RETRY_MAX_SECONDS"),
+        ({"EVENTFLOW_RETRY_BASE_SECONDS": "10", "EVENTFLOW_RETRY_MAX_SECONDS": "1"}, "MAX"),
+        ({"EVENTFLOW_VISIBILITY_TIMEOUT_SECONDS": "soon"}, "VISIBILITY"),
+        ({"EVENTFLOW_RECOVERY_INTERVAL_SECONDS": "0"}, "RECOVERY"),
+        ({"PORT": "99999"}, "PORT"),
+        ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
+        ({"REDIS_URL": "http://x"}, "REDIS_URL"),
+        ({"EVENTFLOW_ENV": "staging"}, "EVENTFLOW_ENV"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_setting(env, named):
+    with pytest.raises(ConfigError, match=named):
+        load_settings(env)
+
+
+@pytest.mark.parametrize(
+    "secrets",
+    [
+        {},
+        {"SECRET_KEY": STRONG},
+        {"SECRET_KEY": "dev-secret-key-change-me", "JWT_SECRET_KEY": STRONG},
+        {"SECRET_KEY": STRONG, "JWT_SECRET_KEY": "too-short"},
+    ],
+)
+def test_production_refuses_missing_default_or_short_secrets(secrets):
+    with pytest.raises(ConfigError, match="SECRET_KEY"):
+        load_settings({"EVENTFLOW_ENV": "production", **secrets})
+
+
+def test_production_starts_with_real_secrets():
+    settings = load_settings(
+        {"EVENTFLOW_ENV": "production", "SECRET_KEY": STRONG, "JWT_SECRET_KEY": STRONG + "j"}
+    )
+    assert settings.env == "production"
+
+
+def test_the_cli_stops_with_a_one_line_reason_on_a_bad_setting(base_env):
+    env = {**base_env, "EVENTFLOW_ENV": "production", "SECRET_KEY": "", "JWT_SECRET_KEY": ""}
+    result = subprocess.run(
+        [str(BIN / "flask"), "--app", "wsgi", "db", "current"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "configuration error: SECRET_KEY must be set" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unimportable_handler_module_stops_start_up(base_env):
+    env = {**base_env, "EVENTFLOW_HANDLERS": "no_such_module_xyz"}
+    result = subprocess.run(
+        [str(BIN / "flask"), "--app", "wsgi", "db", "current"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "no_such_module_xyz" in result.stderr
