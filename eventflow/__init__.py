@@ -97,11 +97,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     from .api import bp as api_bp
     from .api.health import bp as health_bp
+    from .api.metrics import bp as metrics_bp
 
     csrf.exempt(api_bp)
     csrf.exempt(health_bp)
     app.register_blueprint(api_bp)
     app.register_blueprint(health_bp)
+    app.register_blueprint(metrics_bp)
 
     from .cli import register_cli
 
