@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import secrets
 from datetime import timedelta
 
@@ -17,8 +18,12 @@ from .models import Role, User
 
 MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024
-# Checked against when the e-mail is unknown, so both failures take the same time.
-_DUMMY_HASH = generate_password_hash("not-a-real-password")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Checked against when the e-mail is unknown, so both failures take the same time."""
+    return generate_password_hash("not-a-real-password")
 
 
 def normalize_email(raw: object) -> str:
@@ -78,7 +83,7 @@ def authenticate(email: object, password: object) -> User:
     if "\x00" not in email and len(email) <= 320:
         user = find_user_by_email(email.strip())
     if user is None:
-        check_password_hash(_DUMMY_HASH, password)
+        check_password_hash(_dummy_hash(), password)
         raise ApiError(401, "invalid_credentials", "invalid email or password")
     if not check_password_hash(user.password_hash, password):
         raise ApiError(401, "invalid_credentials", "invalid email or password")
