@@ -8,7 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
+from flask import Flask, redirect, url_for
 from sqlalchemy import event as sa_event
 
 from .config import Settings, load_settings
@@ -44,6 +44,7 @@ def _flask_config(settings: Settings) -> dict[str, Any]:
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": settings.env == "production",
+        "PERMANENT_SESSION_LIFETIME": timedelta(hours=12),
         "WTF_CSRF_TIME_LIMIT": None,
         "EVENTFLOW": settings,
     }
@@ -71,6 +72,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         {k: v for k, v in overrides.items() if k in app.config or k.startswith(("WTF_", "TESTING"))}
     )
 
+    from .dashboard.live import register_live_stats, socketio_channel
     from .errors import register_error_handlers, register_jwt_errors
     from .extensions import csrf, db, jwt, migrate, socketio
     from .tasks.queue import init_queue
@@ -83,14 +85,17 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     migrate.init_app(app, db, directory=str(Path(__file__).resolve().parent.parent / "migrations"))
     jwt.init_app(app)
     csrf.init_app(app)
+    # Same-origin WebSockets only (the default): the dashboard authenticates by cookie.
+    # One pub/sub channel per Redis database, as pub/sub ignores database numbers.
     socketio.init_app(
         app,
         message_queue=settings.redis_url,
+        channel=socketio_channel(settings.redis_url),
         async_mode="threading",
-        cors_allowed_origins=[],
         logger=False,
         engineio_logger=False,
     )
+    register_live_stats(app, socketio)
     register_jwt_errors()
     load_handler_modules(settings.handlers)
     init_queue(app, settings)
@@ -98,11 +103,14 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from .api import bp as api_bp
     from .api.health import bp as health_bp
     from .api.metrics import bp as metrics_bp
+    from .dashboard import bp as dashboard_bp
 
     csrf.exempt(api_bp)
     csrf.exempt(health_bp)
     app.register_blueprint(api_bp)
     app.register_blueprint(health_bp)
+    app.register_blueprint(dashboard_bp)
+    app.add_url_rule("/", "index", lambda: redirect(url_for("dashboard.overview")))
     app.register_blueprint(metrics_bp)
 
     from .cli import register_cli

@@ -22,6 +22,7 @@ from .tasks.queue import get_queue
 TYPE_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 MAX_IDEMPOTENCY_KEY = 255
 MAX_LIMIT = 100
+MAX_DLQ_TYPES = 200
 DEFAULT_LIMIT = 20
 
 
@@ -250,3 +251,16 @@ def replay_dlq(event_type: str | None = None) -> int:
         get_queue().enqueue(batch, replayed=len(batch))
         total += len(batch)
     return total
+
+
+def count_dlq_by_type() -> list[tuple[str, int]]:
+    """(type, count) of the FAILED events, largest first (the DLQ's replay-by-type picker)."""
+    count = func.count().label("n")
+    rows = db.session.execute(
+        select(Event.type, count)
+        .where(Event.status == Status.FAILED.value)
+        .group_by(Event.type)
+        .order_by(count.desc(), Event.type)
+        .limit(MAX_DLQ_TYPES)
+    )
+    return [(row.type, row.n) for row in rows]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import secrets
+import uuid
+from collections.abc import Iterable
 from datetime import timedelta
 
 from email_validator import EmailNotValidError, validate_email
@@ -107,3 +109,21 @@ def ensure_admin(email: str) -> tuple[User, str | None]:
         return existing, None
     password = secrets.token_urlsafe(12)
     return create_user(email, password, admin=True), password
+
+
+def get_user(raw_id: object) -> User | None:
+    """The user with this id (e.g. a string from the session), or None."""
+    try:
+        user_id = uuid.UUID(str(raw_id))
+    except ValueError:
+        return None
+    return db.session.get(User, user_id)
+
+
+def user_emails(user_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """E-mail addresses of the given users, for labelling a page of events (one query)."""
+    wanted = set(user_ids)
+    if not wanted:
+        return {}
+    rows = db.session.execute(select(User.id, User.email).where(User.id.in_(wanted)))
+    return {row.id: row.email for row in rows}

@@ -279,8 +279,8 @@ def start_server(base_env, tmp_path):
             if proc.proc.poll() is not None:
                 pytest.fail(f"gunicorn exited:\n{proc.output()}")
             try:
-                return requests.get(f"{url}/health", timeout=1).status_code in (200, 503)
-            except requests.ConnectionError:
+                return requests.get(f"{url}/health", timeout=10).status_code in (200, 503)
+            except requests.RequestException:
                 return False
 
         wait_for(up, timeout=30, message="gunicorn to answer /health")

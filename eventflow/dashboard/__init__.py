@@ -1,0 +1,7 @@
+"""The admin dashboard: server-rendered pages (views.py) and the live Socket.IO feed (live.py)."""
+
+from flask import Blueprint
+
+bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
+
+from . import views  # noqa: E402,F401  (routes register on import)

@@ -1,0 +1,77 @@
+"""Jinja filters that turn numbers, durations, times and JSON into what an admin reads."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint
+
+
+def format_count(value: Any) -> str:
+    """12345 -> '12,345'; None -> an em dash."""
+    if value is None:
+        return "—"
+    return f"{int(value):,}"
+
+
+def format_rate(value: Any) -> str:
+    """Events per second: one decimal below 10/s, whole numbers above."""
+    if value is None:
+        return "—"
+    number = float(value)
+    return f"{number:,.1f}" if number < 10 else f"{number:,.0f}"
+
+
+def format_ms(value: Any) -> str:
+    """A latency: '850 ms', '1.2 s', '3 min'; None (no samples yet) -> an em dash."""
+    if value is None:
+        return "—"
+    ms = float(value)
+    if ms < 1000:
+        return f"{ms:,.0f} ms"
+    if ms < 60_000:
+        return f"{ms / 1000:,.1f} s"
+    return f"{ms / 60_000:,.1f} min"
+
+
+def format_time(moment: datetime | None) -> str:
+    """'2025-11-25 03:12:44 UTC'; None -> an em dash."""
+    if moment is None:
+        return "—"
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def iso_time(moment: datetime | None) -> str:
+    return "" if moment is None else moment.astimezone(UTC).isoformat()
+
+
+def duration_between(start: datetime | None, end: datetime | None) -> str:
+    if start is None or end is None:
+        return "—"
+    return format_ms((end - start).total_seconds() * 1000)
+
+
+def pretty_json(value: Any) -> str:
+    """Indented JSON, non-ASCII kept readable; Jinja escapes it on output."""
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
+
+
+def short_id(value: Any) -> str:
+    """The first block of a UUID: enough to tell events apart in a table."""
+    return str(value).split("-", 1)[0]
+
+
+def register_filters(bp: Blueprint) -> None:
+    for name, func in {
+        "count": format_count,
+        "rate": format_rate,
+        "ms": format_ms,
+        "utc": format_time,
+        "iso": iso_time,
+        "pretty_json": pretty_json,
+        "short_id": short_id,
+    }.items():
+        bp.add_app_template_filter(func, name)
+    bp.add_app_template_global(duration_between, "duration_between")

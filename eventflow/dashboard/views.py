@@ -1,0 +1,272 @@
+"""Dashboard pages: parse the query, call a use case, render a page or an htmx fragment."""
+
+from __future__ import annotations
+
+from flask import (
+    Response,
+    flash,
+    g,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask_wtf.csrf import CSRFError
+
+from .. import events, users
+from ..errors import ApiError
+from ..models import Status
+from ..stats import snapshot
+from ..tasks.queue import QUEUE_ERRORS, get_queue
+from . import bp
+from .access import (
+    is_background_request,
+    log_in,
+    log_out,
+    refuse,
+    safe_next,
+    session_admin,
+    wants_fragment,
+)
+from .formatting import register_filters
+
+PUBLIC_ENDPOINTS = {"dashboard.login_form", "dashboard.login"}
+PAGE_SIZES = (25, 50, 100)
+DEFAULT_PAGE_SIZE = PAGE_SIZES[0]
+STATUSES = [status.value for status in Status]
+# Statuses an event leaves on its own: its detail page refreshes itself while in one of them.
+IN_FLIGHT = {Status.PENDING.value, Status.PROCESSING.value, Status.RETRYING.value}
+
+register_filters(bp)
+
+
+@bp.before_request
+def require_admin():
+    if request.endpoint in PUBLIC_ENDPOINTS:
+        return None
+    admin = session_admin()
+    if admin is None:
+        return refuse()
+    g.admin = admin
+    return None
+
+
+@bp.after_request
+def never_cache(response: Response) -> Response:
+    # Pages hold live data, and the same URL answers htmx with a fragment: never cache either.
+    response.headers["Cache-Control"] = "no-store"
+    response.vary.add("HX-Request")
+    return response
+
+
+def _viewer() -> events.Viewer:
+    return events.Viewer(user_id=g.admin.id, is_admin=True)
+
+
+# --- login -----------------------------------------------------------------------------------
+
+
+@bp.get("/login")
+def login_form():
+    if session_admin() is not None:
+        return redirect(safe_next(request.args.get("next")))
+    return render_template("dashboard/login.html", next=request.args.get("next", ""))
+
+
+def _login_error(message: str, status: int):
+    form = request.form
+    page = render_template(
+        "dashboard/login.html", error=message, email=form.get("email", ""), next=form.get("next")
+    )
+    return page, status
+
+
+@bp.post("/login")
+def login():
+    form = request.form
+    try:
+        user = users.authenticate(form.get("email", ""), form.get("password", ""))
+    except ApiError:
+        return _login_error("Invalid email or password.", 401)
+    if not user.is_admin:
+        return _login_error("This account cannot use the dashboard: it is for admins only.", 403)
+    log_in(user)
+    return redirect(safe_next(form.get("next")))
+
+
+@bp.post("/logout")
+def logout():
+    log_out()
+    flash("You are logged out.", "success")
+    return redirect(url_for("dashboard.login_form"))
+
+
+# --- pages -----------------------------------------------------------------------------------
+
+
+@bp.get("/")
+def overview():
+    try:
+        stats = snapshot(get_queue().stats)
+    except QUEUE_ERRORS:
+        stats = None  # the page still loads; the live feed fills it in when the queue is back
+    return render_template("dashboard/overview.html", stats=stats)
+
+
+def _filters(names: tuple[str, ...]) -> dict[str, str]:
+    return {name: request.args.get(name, "").strip() for name in names}
+
+
+def _page_of_events(filters: dict[str, str], **fixed: str):
+    """(page, error): a page of events for the filters, or the reason they are not valid."""
+    if filters.get("id") and events.parse_event_id(filters["id"]) is None:
+        return None, "An event id is a full UUID, like 0b5e3c1a-4f0e-4d8e-9a51-2f3c7d9e1b20."
+    try:
+        page = events.list_events(
+            _viewer(),
+            page=request.args.get("page"),
+            limit=filters.get("limit") or str(DEFAULT_PAGE_SIZE),
+            status=fixed.get("status", filters.get("status")),
+            event_type=filters.get("type") or None,
+            user=filters.get("user") or None,
+            event_id=filters.get("id") or None,
+        )
+    except ApiError as exc:
+        return None, exc.message
+    return page, None
+
+
+def _shareable_url(endpoint: str, filters: dict[str, str], page_no: int = 1) -> str:
+    """The listing's URL with only the filters in use, so it reads well and can be shared."""
+    args = {k: v for k, v in filters.items() if v and v != str(DEFAULT_PAGE_SIZE)}
+    if page_no > 1:
+        args["page"] = page_no
+    return url_for(endpoint, **args)
+
+
+def _render_listing(template: str, fragment: str, endpoint: str, filters, page, error, **extra):
+    context = dict(
+        filters=filters,
+        filtered=any(v for k, v in filters.items() if k != "limit"),
+        page=page,
+        error=error,
+        emails=users.user_emails(e.user_id for e in page.items) if page else {},
+        page_sizes=PAGE_SIZES,
+        url=_shareable_url(endpoint, filters, page.page if page else 1),
+        page_url=lambda n: _shareable_url(endpoint, filters, n),
+        **extra,
+    )
+    status = 400 if error else 200
+    if not wants_fragment():
+        return render_template(template, **context), status
+    response = make_response(render_template(fragment, **context), status)
+    response.headers["HX-Push-Url"] = context["url"]
+    return response
+
+
+@bp.get("/events")
+def list_events():
+    filters = _filters(("status", "type", "user", "id", "limit"))
+    page, error = _page_of_events(filters)
+    return _render_listing(
+        "dashboard/events.html",
+        "dashboard/partials/events_results.html",
+        "dashboard.list_events",
+        filters,
+        page,
+        error,
+        statuses=STATUSES,
+    )
+
+
+@bp.get("/events/<event_id>")
+def show_event(event_id: str):
+    event = events.get_event(_viewer(), event_id)
+    context = dict(
+        event=event,
+        attempts=events.list_attempts(event.id),
+        owner=users.user_emails([event.user_id]).get(event.user_id),
+        in_flight=event.status in IN_FLIGHT,
+    )
+    if wants_fragment():
+        return render_template("dashboard/partials/event_detail.html", **context)
+    return render_template("dashboard/event.html", **context)
+
+
+@bp.get("/dlq")
+def list_dlq():
+    filters = _filters(("type", "limit"))
+    page, error = _page_of_events(filters, status=Status.FAILED.value)
+    return _render_listing(
+        "dashboard/dlq.html",
+        "dashboard/partials/dlq_list.html",
+        "dashboard.list_dlq",
+        filters,
+        page,
+        error,
+        types=events.count_dlq_by_type(),
+    )
+
+
+# --- actions ---------------------------------------------------------------------------------
+
+
+def _outcome(message: str, *, level: str = "success", status: int = 200, link: str | None = None):
+    """Tell the admin what an action did: a fragment for htmx, else a flash and a redirect."""
+    if wants_fragment():
+        body = render_template(
+            "dashboard/partials/outcome.html", message=message, level=level, link=link
+        )
+        # Lists and detail panels listen for these and reload themselves.
+        headers = {"HX-Trigger": "dlq-changed, event-changed"} if status < 400 else {}
+        return body, status, headers
+    flash(message, level)
+    return redirect(safe_next(request.form.get("next")), code=303)
+
+
+@bp.post("/events/<event_id>/replay")
+def replay_event(event_id: str):
+    try:
+        replayed = events.replay_event(event_id)
+    except ApiError as exc:
+        return _outcome(exc.message, level="error", status=exc.status)
+    link = url_for("dashboard.show_event", event_id=replayed)
+    return _outcome(f"Event {replayed} is back in the queue.", link=link)
+
+
+@bp.post("/dlq/replay")
+def replay_dlq():
+    event_type = request.form.get("type", "").strip() or None
+    try:
+        count = events.replay_dlq(event_type)
+    except ApiError as exc:
+        return _outcome(exc.message, level="error", status=exc.status)
+    of_type = f" of type {event_type}" if event_type else ""
+    if count == 0:
+        return _outcome(f"Nothing to replay: the DLQ holds no events{of_type}.", level="info")
+    noun = "event" if count == 1 else "events"
+    return _outcome(f"Replayed {count:,} {noun}{of_type}: they are back in the queue.")
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+@bp.errorhandler(ApiError)
+def show_api_error(exc: ApiError):
+    if wants_fragment():
+        return _outcome(exc.message, level="error", status=exc.status)
+    if is_background_request():
+        return exc.message, exc.status
+    page = render_template("dashboard/error.html", message=exc.message, status=exc.status)
+    return page, exc.status
+
+
+@bp.errorhandler(CSRFError)
+def show_csrf_error(_exc: CSRFError):
+    message = "This form has expired (missing or stale CSRF token): reload the page and try again."
+    if request.endpoint == "dashboard.login":
+        return _login_error(message, 400)
+    if wants_fragment():
+        return _outcome(message, level="error", status=400)
+    return render_template("dashboard/error.html", message=message, status=400), 400

@@ -1,0 +1,202 @@
+/* EventFlow dashboard: live stats over Socket.IO, the throughput chart, htmx glue.
+ *
+ * The server emits `stats` on the /dashboard namespace about once a second. Every element
+ * with data-stat="path.in.payload" shows that value (formatted by its data-format); the
+ * overview's chart redraws from `series`; and when the DLQ or the counters change, the body
+ * gets a `dlq-changed` / `totals-changed` event that htmx-driven lists listen for.
+ */
+(function () {
+  "use strict";
+
+  const whole = new Intl.NumberFormat("en-US", { maximumFractionDigits: 0 });
+  const oneDecimal = new Intl.NumberFormat("en-US", {
+    minimumFractionDigits: 1,
+    maximumFractionDigits: 1,
+  });
+  const timeOfDay = new Intl.DateTimeFormat(undefined, {
+    hour: "2-digit",
+    minute: "2-digit",
+    second: "2-digit",
+    hour12: false,
+  });
+  const DASH = "—";
+
+  const formats = {
+    count: (v) => whole.format(v),
+    rate: (v) => (v < 10 ? oneDecimal.format(v) : whole.format(v)),
+    ms: (v) => {
+      if (v < 1000) return whole.format(v) + " ms";
+      if (v < 60000) return oneDecimal.format(v / 1000) + " s";
+      return oneDecimal.format(v / 60000) + " min";
+    },
+    clock: (v) => timeOfDay.format(new Date(v * 1000)),
+  };
+
+  function lookup(payload, path) {
+    return path.split(".").reduce((value, key) => (value == null ? value : value[key]), payload);
+  }
+
+  function formatValue(value, format) {
+    if (value === null || value === undefined) return DASH;
+    return (formats[format] || String)(value);
+  }
+
+  function renderStats(stats) {
+    document.querySelectorAll("[data-stat]").forEach((el) => {
+      const text = formatValue(lookup(stats, el.dataset.stat), el.dataset.format);
+      if (el.textContent !== text) el.textContent = text;
+    });
+  }
+
+  /* --- connection state -------------------------------------------------------------------- */
+
+  const liveStatus = document.getElementById("live-status");
+  const stateText = {
+    connecting: "Connecting…",
+    live: "Live",
+    reconnecting: "Reconnecting…",
+    refused: "Not signed in: reload",
+  };
+
+  function setState(state) {
+    if (!liveStatus) return;
+    liveStatus.dataset.state = state;
+    liveStatus.querySelector(".live-text").textContent = stateText[state];
+  }
+
+  /* --- toasts for failed htmx requests ----------------------------------------------------- */
+
+  const toast = document.getElementById("toast");
+  let toastTimer = null;
+
+  function showToast(message) {
+    if (!toast) return;
+    toast.textContent = message;
+    toast.hidden = false;
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => {
+      toast.hidden = true;
+    }, 6000);
+  }
+
+  document.body.addEventListener("htmx:responseError", (event) => {
+    const status = event.detail.xhr.status;
+    showToast("The server could not complete the request (HTTP " + status + "). Try again.");
+  });
+  document.body.addEventListener("htmx:sendError", () => {
+    showToast("The server cannot be reached. Retrying when you act again.");
+  });
+
+  /* --- throughput chart -------------------------------------------------------------------- */
+
+  const SERIES = [
+    { key: "ingested", label: "Ingested", color: "#2563eb" },
+    { key: "processed", label: "Processed", color: "#16a34a" },
+    { key: "failed", label: "Failed", color: "#dc2626" },
+    { key: "retried", label: "Retried", color: "#d97706" },
+  ];
+  const chartBox = document.getElementById("throughput-chart");
+  let chart = null;
+
+  function chartData(series) {
+    return [series.map((b) => b.t)].concat(SERIES.map((s) => series.map((b) => b[s.key])));
+  }
+
+  function renderChart(series) {
+    if (!chartBox || !window.uPlot || !Array.isArray(series)) return;
+    const data = chartData(series);
+    if (chart === null) {
+      chart = new window.uPlot(
+        {
+          width: Math.max(chartBox.clientWidth, 280),
+          height: 260,
+          series: [{}].concat(
+            SERIES.map((s) => ({
+              label: s.label,
+              stroke: s.color,
+              width: 2,
+              points: { show: false },
+              value: (u, v) => (v == null ? DASH : whole.format(v) + "/s"),
+            }))
+          ),
+          scales: { y: { range: (u, min, max) => [0, Math.max(5, Math.ceil(max * 1.1))] } },
+          axes: [
+            {
+              space: 70,
+              values: (u, ticks) => ticks.map((t) => timeOfDay.format(new Date(t * 1000))),
+            },
+            {
+              size: 56,
+              label: "events / s",
+              labelSize: 18,
+              values: (u, ticks) => ticks.map((t) => whole.format(t)),
+            },
+          ],
+          cursor: { drag: { x: false, y: false } },
+        },
+        data,
+        chartBox
+      );
+      new ResizeObserver(() => {
+        chart.setSize({ width: Math.max(chartBox.clientWidth, 280), height: 260 });
+      }).observe(chartBox);
+    } else {
+      chart.setData(data);
+    }
+    // The caption sums the plotted series, so it moves exactly when the chart does.
+    SERIES.forEach((s) => {
+      const el = document.querySelector('[data-series-total="' + s.key + '"]');
+      if (el) el.textContent = whole.format(series.reduce((sum, b) => sum + b[s.key], 0));
+    });
+    chartBox.dataset.lastSecond = series.length ? series[series.length - 1].t : "";
+  }
+
+  /* --- live feed --------------------------------------------------------------------------- */
+
+  let dlqKey = null;
+  let totalsKey = null;
+
+  function announceChanges(stats) {
+    const t = stats.totals || {};
+    const nextDlq = [stats.dlq_size, t.failed, t.replayed].join(":");
+    const nextTotals = [
+      t.ingested, t.processed, t.failed, t.retried, t.replayed,
+      stats.queue_depth, stats.processing, stats.dlq_size,
+    ].join(":");
+    // After a (re)connect the first snapshot counts as a change: we may have missed some.
+    if (window.htmx && nextDlq !== dlqKey) window.htmx.trigger(document.body, "dlq-changed");
+    if (window.htmx && nextTotals !== totalsKey) {
+      window.htmx.trigger(document.body, "totals-changed");
+    }
+    dlqKey = nextDlq;
+    totalsKey = nextTotals;
+  }
+
+  const initial = document.getElementById("initial-stats");
+  if (initial) {
+    const stats = JSON.parse(initial.textContent);
+    if (stats) renderChart(stats.series);
+  }
+
+  if (!window.io) {
+    setState("reconnecting");
+    return;
+  }
+  // WebSocket only: several web processes need no sticky sessions for it.
+  const socket = window.io("/dashboard", { transports: ["websocket"] });
+  socket.on("connect", () => {
+    dlqKey = null;
+    totalsKey = null;
+    setState("live");
+  });
+  socket.on("disconnect", () => setState("reconnecting"));
+  socket.on("connect_error", () => {
+    // `active` is false when the server refused us (not an admin any more); else it retries.
+    setState(socket.active ? "reconnecting" : "refused");
+  });
+  socket.on("stats", (stats) => {
+    renderStats(stats);
+    renderChart(stats.series);
+    announceChanges(stats);
+  });
+})();
