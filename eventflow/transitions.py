@@ -1,6 +1,7 @@
 """The event status machine. Every move is a guarded UPDATE, so racing workers cannot both win.
 
 PENDING -> PROCESSING -> PROCESSED
+PROCESSING -> PENDING | RETRYING              (a claim given back before its handler started)
 PROCESSING -> RETRYING -> PROCESSING ...      (a failed attempt with budget left)
 PROCESSING -> FAILED (the DLQ) -> PENDING     (out of attempts or permanent; replay)
 PROCESSING -> RETRYING | FAILED               (recovery: the worker holding it died)
@@ -8,13 +9,14 @@ PROCESSING -> RETRYING | FAILED               (recovery: the worker holding it d
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, tuple_, update
 
 from .extensions import db
 from .models import Event, EventAttempt, Outcome, Status, utcnow
@@ -36,13 +38,16 @@ class ClaimedEvent:
     attempt: int  # 1-based attempt within the current run (reset by a replay)
 
 
-def claim_event(event_id: uuid.UUID, worker_id: str) -> ClaimedEvent | None:
-    """Atomically take a due PENDING/RETRYING event and open its attempt; None if not claimable."""
+def claim_events(event_ids: list[uuid.UUID], worker_id: str) -> list[ClaimedEvent]:
+    """Atomically take the due PENDING/RETRYING events among these and open an attempt for each.
+
+    One transaction however many: the others (processed, claimed, not due) are not returned.
+    """
     now = utcnow()
-    row = db.session.execute(
+    rows = db.session.execute(
         update(Event)
         .where(
-            Event.id == event_id,
+            Event.id.in_(event_ids),
             Event.status.in_(WAITING),
             or_(Event.next_attempt_at.is_(None), Event.next_attempt_at <= now),
         )
@@ -53,30 +58,38 @@ def claim_event(event_id: uuid.UUID, worker_id: str) -> ClaimedEvent | None:
             locked_by=worker_id,
         )
         .returning(
+            Event.id,
             Event.type,
             Event.payload,
             Event.user_id,
             Event.created_at,
             Event.attempts,
             Event.replayed_attempts,
-        )
-    ).one_or_none()
-    if row is None:
+        ),
+        execution_options={"synchronize_session": False},
+    ).all()
+    if not rows:
         db.session.rollback()
-        return None
-    db.session.add(
-        EventAttempt(event_id=event_id, number=row.attempts, worker=worker_id, started_at=now)
+        return []
+    db.session.execute(
+        insert(EventAttempt),
+        [dict(event_id=r.id, number=r.attempts, worker=worker_id, started_at=now) for r in rows],
     )
     db.session.commit()
-    return ClaimedEvent(
-        id=event_id,
-        type=row.type,
-        payload=row.payload,
-        user_id=row.user_id,
-        created_at=row.created_at,
-        number=row.attempts,
-        attempt=row.attempts - row.replayed_attempts,
-    )
+    order = {event_id: index for index, event_id in enumerate(event_ids)}
+    claims = [
+        ClaimedEvent(
+            id=r.id,
+            type=r.type,
+            payload=r.payload,
+            user_id=r.user_id,
+            created_at=r.created_at,
+            number=r.attempts,
+            attempt=r.attempts - r.replayed_attempts,
+        )
+        for r in rows
+    ]
+    return sorted(claims, key=lambda claimed: order[claimed.id])
 
 
 def _close_attempt(event_id, number, outcome: Outcome, now, error=None, traceback=None) -> None:
@@ -92,27 +105,87 @@ def _held(event_id, number):
     return (Event.id == event_id, Event.status == Status.PROCESSING.value, Event.attempts == number)
 
 
-def complete_event(claimed: ClaimedEvent, result: Any) -> float | None:
-    """Mark PROCESSED with its result; return latency in ms, or None if the claim was lost."""
+def _all_held(claims: list[ClaimedEvent]):
+    """_held for many claims at once."""
+    return (
+        Event.status == Status.PROCESSING.value,
+        tuple_(Event.id, Event.attempts).in_([(c.id, c.number) for c in claims]),
+    )
+
+
+def _attempts_of(claims: list[ClaimedEvent]):
+    """The event_attempts rows these claims opened."""
+    return tuple_(EventAttempt.event_id, EventAttempt.number).in_(
+        [(c.id, c.number) for c in claims]
+    )
+
+
+def complete_events(done: list[tuple[ClaimedEvent, Any]]) -> dict[uuid.UUID, float]:
+    """Mark PROCESSED with their results, in one transaction; claims lost meanwhile are skipped.
+
+    Returns the latency in ms of each event recorded. Events with equal results share a statement.
+    """
     now = utcnow()
-    done = db.session.execute(
-        update(Event)
-        .where(*_held(claimed.id, claimed.number))
-        .values(
-            status=Status.PROCESSED.value,
-            result=result,
-            processed_at=now,
-            locked_at=None,
-            locked_by=None,
+    by_result: dict[str, tuple[Any, list[ClaimedEvent]]] = {}
+    for claimed, result in done:
+        key = json.dumps(result, sort_keys=True)
+        by_result.setdefault(key, (result, []))[1].append(claimed)
+    recorded: set[uuid.UUID] = set()
+    for result, claims in by_result.values():
+        recorded.update(
+            db.session.scalars(
+                update(Event)
+                .where(*_all_held(claims))
+                .values(
+                    status=Status.PROCESSED.value,
+                    result=result,
+                    processed_at=now,
+                    locked_at=None,
+                    locked_by=None,
+                )
+                .returning(Event.id),
+                execution_options={"synchronize_session": False},
+            )
         )
-        .returning(Event.id)
-    ).one_or_none()
-    if done is None:
+    if not recorded:
         db.session.rollback()
-        return None
-    _close_attempt(claimed.id, claimed.number, Outcome.SUCCEEDED, now)
+        return {}
+    kept = [claimed for claimed, _ in done if claimed.id in recorded]
+    db.session.execute(
+        update(EventAttempt)
+        .where(_attempts_of(kept))
+        .values(outcome=Outcome.SUCCEEDED.value, finished_at=now),
+        execution_options={"synchronize_session": False},
+    )
     db.session.commit()
-    return (now - claimed.created_at).total_seconds() * 1000.0
+    return {c.id: (now - c.created_at).total_seconds() * 1000.0 for c in kept}
+
+
+def release_claims(claims: list[ClaimedEvent]) -> list[uuid.UUID]:
+    """Give back claims whose handler never started: they wait again, as if never claimed."""
+    released: list[uuid.UUID] = []
+    for status, group in (
+        (Status.PENDING, [c for c in claims if c.attempt == 1]),
+        (Status.RETRYING, [c for c in claims if c.attempt > 1]),
+    ):
+        if group:
+            released += db.session.scalars(
+                update(Event)
+                .where(*_all_held(group))
+                .values(
+                    status=status.value,
+                    attempts=Event.attempts - 1,
+                    locked_at=None,
+                    locked_by=None,
+                )
+                .returning(Event.id),
+                execution_options={"synchronize_session": False},
+            ).all()
+    gone = [c for c in claims if c.id in set(released)]
+    if gone:
+        db.session.execute(delete(EventAttempt).where(_attempts_of(gone)))
+    db.session.commit()
+    return released
 
 
 def schedule_retry(claimed: ClaimedEvent, error: str, traceback: str, delay: float) -> bool:
@@ -266,10 +339,15 @@ def touch_waiting(cutoff: datetime, limit: int) -> list[uuid.UUID]:
         )
     )
     if ids:
-        db.session.execute(
-            update(Event)
-            .where(Event.id.in_(ids), Event.status.in_(WAITING))
-            .values(next_attempt_at=now)
+        # Re-check the due time: an event claimed and put back in RETRYING since the SELECT
+        # keeps its new backoff (and gets no early message).
+        ids = list(
+            db.session.scalars(
+                update(Event)
+                .where(Event.id.in_(ids), Event.status.in_(WAITING), Event.next_attempt_at < cutoff)
+                .values(next_attempt_at=now)
+                .returning(Event.id)
+            )
         )
     db.session.commit()
     return ids

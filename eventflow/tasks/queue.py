@@ -54,6 +54,35 @@ class EventQueue:
             )
             return False
 
+    def take(self, limit: int) -> list[str]:
+        """Up to `limit` more due event ids off the queue, in one round trip ([] if none).
+
+        Like the consumer's own dequeue, this removes the messages: a worker that dies holding
+        them leaves the events to recovery. Messages not due yet go to the schedule, as Huey's
+        worker would put them.
+        """
+        if self.redis is None or limit < 1:
+            return []
+        try:
+            messages = self.redis.rpop(self.huey.storage.queue_key, limit) or []
+        except QUEUE_ERRORS as exc:
+            logger.warning("could not take more messages: %s", exc)
+            return []
+        ids = []
+        for message in messages:
+            try:
+                task = self.huey.deserialize_task(message)
+            except Exception:
+                logger.exception("dropping a queue message that cannot be read")
+                continue
+            if task.name == self.process_task.name and self.huey.ready_to_run(task):
+                ids.extend(task.args)
+            elif task.name == self.process_task.name:
+                self.huey.add_schedule(task)
+            else:
+                self.huey.enqueue(task)
+        return ids
+
     def enqueue_later(self, event_id: uuid.UUID, delay: float) -> bool:
         """A wake-up call for a retry; the database's next_attempt_at is what counts."""
         try:

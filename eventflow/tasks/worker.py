@@ -110,6 +110,9 @@ def run_worker(app: Flask, queue: EventQueue, settings: Settings, workers: int, 
             # A forked child must not share the parent's database connections.
             with app.app_context():
                 db.engine.dispose(close=False)
+            # Ctrl-C reaches the whole process group, and Huey makes SIGINT interrupt a child's
+            # running task: the parent alone decides, and its stop lets in-flight events finish.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         heartbeat.ensure_started()
 
     if processes:
