@@ -53,24 +53,22 @@ def _flask_config(settings: Settings) -> dict[str, Any]:
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: settings -> extensions -> queue -> blueprints -> CLI -> error handlers.
 
-    `test_config` may hold environment-style settings (e.g. DATABASE_URL) that override
-    os.environ, and Flask config keys (upper-case names Flask knows) applied last.
+    `test_config` overrides: string values are environment settings (e.g. DATABASE_URL) laid
+    over os.environ; other values (e.g. TESTING=True) are Flask config keys, applied last.
     """
+    overrides = dict(test_config or {})
+    env = {**os.environ, **{k: v for k, v in overrides.items() if isinstance(v, str)}}
     app = Flask(
         __name__,
-        instance_path=os.environ.get("EVENTFLOW_INSTANCE_PATH")
+        instance_path=env.get("EVENTFLOW_INSTANCE_PATH")
         or str(Path(__file__).resolve().parent.parent / "instance"),
         template_folder="../templates",
         static_folder="../static",
     )
-    overrides = dict(test_config or {})
-    env = {**os.environ, **{k: v for k, v in overrides.items() if isinstance(v, str)}}
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     settings = load_settings(env, app.instance_path)
     app.config.update(_flask_config(settings))
-    app.config.update(
-        {k: v for k, v in overrides.items() if k in app.config or k.startswith(("WTF_", "TESTING"))}
-    )
+    app.config.update({k: v for k, v in overrides.items() if not isinstance(v, str)})
 
     from .dashboard.live import register_live_stats, socketio_channel
     from .errors import register_error_handlers, register_jwt_errors

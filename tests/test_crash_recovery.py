@@ -320,3 +320,15 @@ def test_recovery_leaves_alone_a_backoff_that_began_while_it_was_looking(
             sa_event.remove(db.engine, "before_cursor_execute", a_worker_retries_it_meanwhile)
         assert resent == []
         assert db.session.get(Event, uuid.UUID(event_id)).next_attempt_at == backoff_until
+
+
+def test_recovery_forgets_workers_silent_for_an_hour_but_keeps_live_ones(app):
+    with app.app_context():
+        now = utcnow()
+        for worker_id, seen in [("dead:1", now - timedelta(hours=2)), ("live:2", now)]:
+            db.session.add(
+                Worker(id=worker_id, hostname="h", pid=1, started_at=seen, last_seen_at=seen)
+            )
+        db.session.commit()
+        recover(get_queue(), app.config["EVENTFLOW"])
+        assert db.session.scalars(select(Worker.id)).all() == ["live:2"]

@@ -10,13 +10,18 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
+from sqlalchemy import delete
+
 from .. import transitions
 from ..config import Settings
-from ..models import Status, utcnow
+from ..extensions import db
+from ..models import Status, Worker, utcnow
 from .queue import QUEUE_ERRORS, EventQueue
 
 logger = logging.getLogger(__name__)
 BATCH = 1000
+# A killed worker cannot remove its own heartbeat row: drop rows silent for this long.
+DEAD_WORKER_SECONDS = 3600
 
 
 @dataclass
@@ -58,12 +63,20 @@ def resend_lost_messages(queue: EventQueue, settings: Settings, report: Recovery
         report.resent += len(ids)
 
 
+def forget_dead_workers() -> None:
+    """Delete heartbeat rows of workers silent for long: a killed worker leaves its row behind."""
+    silent_since = utcnow() - timedelta(seconds=DEAD_WORKER_SECONDS)
+    db.session.execute(delete(Worker).where(Worker.last_seen_at < silent_since))
+    db.session.commit()
+
+
 def recover(queue: EventQueue, settings: Settings) -> RecoveryReport:
     """One recovery pass; a queue outage is logged and the pass tried again next interval."""
     report = RecoveryReport()
     try:
         recover_orphans(queue, settings, report)
         resend_lost_messages(queue, settings, report)
+        forget_dead_workers()
     except QUEUE_ERRORS as exc:
         logger.warning("recovery skipped, queue unreachable: %s", exc)
     if report.orphans_retried or report.orphans_failed or report.resent:
