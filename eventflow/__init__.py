@@ -25,11 +25,12 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 
 
 def _flask_config(settings: Settings) -> dict[str, Any]:
-    engine_options: dict[str, Any] = {"pool_pre_ping": True}
     if settings.database_url.startswith("sqlite"):
-        engine_options = {"connect_args": {"timeout": 30}}
+        engine_options: dict[str, Any] = {"connect_args": {"timeout": 30}}
     else:
-        engine_options.update(pool_size=10, max_overflow=20)
+        # No pre-ping: it would cost a round trip per request. After a PostgreSQL restart the
+        # first query on a stale connection fails (503), and SQLAlchemy then replaces the pool.
+        engine_options = {"pool_size": 16, "max_overflow": 16, "pool_recycle": 1800}
     return {
         "SECRET_KEY": settings.secret_key,
         "JWT_SECRET_KEY": settings.jwt_secret_key,

@@ -103,6 +103,24 @@ def _check_production_secrets(settings: Settings, env: Mapping[str, str]) -> Non
             )
 
 
+# Every variable load_settings() reads; tests hold docker-compose.yml to these names.
+ENVIRONMENT_VARIABLES = (
+    "EVENTFLOW_ENV",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "SECRET_KEY",
+    "JWT_SECRET_KEY",
+    "JWT_ACCESS_TOKEN_EXPIRES_SECONDS",
+    "EVENTFLOW_HANDLERS",
+    "EVENTFLOW_MAX_ATTEMPTS",
+    "EVENTFLOW_RETRY_BASE_SECONDS",
+    "EVENTFLOW_RETRY_MAX_SECONDS",
+    "EVENTFLOW_VISIBILITY_TIMEOUT_SECONDS",
+    "EVENTFLOW_RECOVERY_INTERVAL_SECONDS",
+    "PORT",
+)
+
+
 def load_settings(env: Mapping[str, str] | None = None, instance_path: str = "") -> Settings:
     """Build the validated settings from an environment mapping (os.environ by default)."""
     env = os.environ if env is None else env

@@ -6,6 +6,7 @@ import logging
 import re
 
 from flask import Flask, jsonify, request
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from .extensions import db, jwt
@@ -55,6 +56,14 @@ def register_error_handlers(app: Flask) -> None:
         if exc.code == 405 and exc.valid_methods:
             response[0].headers["Allow"] = ", ".join(exc.valid_methods)
         return response
+
+    @app.errorhandler(OperationalError)
+    def handle_database_down(exc: OperationalError):
+        db.session.rollback()
+        logger.warning("database unavailable on %s %s: %s", request.method, request.path, exc)
+        if not _wants_envelope():
+            return "Service Unavailable: the database cannot be reached", 503
+        return error_response(503, "database_unavailable", "the database cannot be reached")
 
     @app.errorhandler(Exception)
     def handle_unexpected(exc: Exception):

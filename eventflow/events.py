@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -87,16 +88,22 @@ def check_idempotency_key(key: str | None) -> str | None:
     return key
 
 
-def _insert_statement(values: dict, idempotent: bool):
-    if not idempotent:
-        return insert(Event).values(**values).returning(Event.id)
-    dialect = db.session.get_bind().dialect.name
+_EVENTS = Event.__table__
+_INSERT_EVENT = insert(_EVENTS)
+_EVENT_ID_FOR_KEY = select(_EVENTS.c.id).where(
+    _EVENTS.c.user_id == bindparam("user_id"),
+    _EVENTS.c.idempotency_key == bindparam("idempotency_key"),
+)
+
+
+@functools.cache
+def _insert_once(dialect: str):
+    """INSERT … ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING id, built once."""
     builder = pg_insert if dialect == "postgresql" else sqlite_insert
     return (
-        builder(Event)
-        .values(**values)
+        builder(_EVENTS)
         .on_conflict_do_nothing(index_elements=["user_id", "idempotency_key"])
-        .returning(Event.id)
+        .returning(_EVENTS.c.id)
     )
 
 
@@ -105,7 +112,7 @@ def create_event(
 ) -> tuple[uuid.UUID, bool]:
     """Commit and queue a new event; return (id, created). A repeated key returns the same id."""
     now = utcnow()
-    values = dict(
+    row = dict(
         id=uuid.uuid4(),
         user_id=viewer.user_id,
         type=event_type,
@@ -117,21 +124,23 @@ def create_event(
         created_at=now,
         next_attempt_at=now,
     )
+    # The hot path: one prebuilt statement on an autocommit connection is one round trip
+    # (no BEGIN/COMMIT of its own), and the row is committed when it returns.
     try:
-        event_id = db.session.scalar(_insert_statement(values, idempotency_key is not None))
-        if event_id is None:
-            # The key was used before (perhaps by a request racing this one): that event wins.
-            event_id = db.session.scalar(
-                select(Event.id).where(
-                    Event.user_id == viewer.user_id, Event.idempotency_key == idempotency_key
-                )
-            )
-            db.session.rollback()
-            return event_id, False
-        db.session.commit()
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            if idempotency_key is None:
+                conn.execute(_INSERT_EVENT, row)
+            elif conn.execute(_insert_once(conn.dialect.name), row).first() is None:
+                # The key was used before (perhaps by a request racing this one, whose row
+                # ON CONFLICT waited for): that event wins.
+                existing = conn.execute(
+                    _EVENT_ID_FOR_KEY,
+                    {"user_id": viewer.user_id, "idempotency_key": idempotency_key},
+                ).scalar_one()
+                return existing, False
     except IntegrityError:
-        db.session.rollback()
         raise ApiError(401, "invalid_token", "the token's user no longer exists") from None
+    event_id = row["id"]
     # The row is committed: from here on, losing the queue message only delays the event.
     get_queue().enqueue([event_id], ingested=1)
     return event_id, True

@@ -194,3 +194,22 @@ def test_ingest_answers_202_when_the_queue_is_down_and_the_event_is_kept(
     assert health.get_json()["checks"]["database"] == "ok"
     assert health.get_json()["checks"]["queue"] != "ok"
     redis.Redis.from_url(base_env["REDIS_URL"])  # the shared Redis was never touched
+
+
+def test_ingest_answers_503_in_the_envelope_when_the_database_is_down(migrated, base_env):
+    from flask_jwt_extended import create_access_token
+
+    from eventflow import create_app
+    from tests.conftest import free_port
+
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
+    app = create_app({**base_env, "DATABASE_URL": dead})
+    with app.app_context():
+        token = create_access_token(identity=str(uuid.uuid4()), additional_claims={"role": "user"})
+    response = app.test_client().post(
+        "/api/v1/events",
+        json={"type": "A", "payload": {}},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "database_unavailable"

@@ -1,0 +1,28 @@
+# EventFlow's one image: the web app (gunicorn, the default command), the worker and the
+# migration all run from it; docker-compose.yml picks the command per service.
+#
+#   docker build -t eventflow .
+#   docker run -e DATABASE_URL=... -e REDIS_URL=... -e EVENTFLOW_ENV=production \
+#     -e SECRET_KEY=... -e JWT_SECRET_KEY=... -p 5000:5000 eventflow
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    GUNICORN_BIND=0.0.0.0:5000
+
+WORKDIR /app
+
+# Dependencies first: a code change then reuses this layer instead of reinstalling.
+COPY requirements.txt .
+RUN pip install -r requirements.txt
+
+# The code stays owned by root (read-only to the app); only instance/ is the app's to write.
+RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin eventflow
+COPY . .
+RUN mkdir -p instance && chown eventflow:eventflow instance
+USER eventflow
+
+EXPOSE 5000
+CMD ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
