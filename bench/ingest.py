@@ -23,10 +23,7 @@ import argparse
 import json
 import os
 import resource
-import secrets
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,14 +32,22 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import redis
+from harness import (
+    BIN,
+    ROOT,
+    app_env,
+    drop_database,
+    fail,
+    flask,
+    free_port,
+    recreate_database,
+    stop,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 LUA_SCRIPT = ROOT / "bench" / "ingest.lua"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eventflow_bench"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/12"
@@ -143,10 +148,6 @@ class CpuMeter:
         return {name: 1000 * seconds / events for name, seconds in spent.items()}
 
 
-def fail(message: str) -> NoReturn:
-    sys.exit(f"bench/ingest.py: {message}")
-
-
 def require_wrk() -> str:
     wrk = shutil.which("wrk")
     if wrk is None:
@@ -155,58 +156,6 @@ def require_wrk() -> str:
             "or `brew install wrk` (macOS), then run this again."
         )
     return wrk
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def recreate_database(url: str) -> None:
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/")
-    conn = psycopg2.connect(urlunsplit(parts._replace(path="/postgres")))
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        cur.execute(f'CREATE DATABASE "{name}"')
-    conn.close()
-
-
-def drop_database(url: str) -> None:
-    parts = urlsplit(url)
-    conn = psycopg2.connect(urlunsplit(parts._replace(path="/postgres")))
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{parts.path.lstrip("/")}" WITH (FORCE)')
-    conn.close()
-
-
-def app_env(database_url: str, redis_url: str, instance: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTFLOW_")}
-    env.update(
-        DATABASE_URL=database_url,
-        REDIS_URL=redis_url,
-        EVENTFLOW_ENV="production",
-        SECRET_KEY=secrets.token_hex(32),
-        JWT_SECRET_KEY=secrets.token_hex(32),
-        JWT_ACCESS_TOKEN_EXPIRES_SECONDS="3600",  # outlives the longest bench
-        EVENTFLOW_INSTANCE_PATH=instance,
-    )
-    return env
-
-
-def flask(env: dict[str, str], *args: str) -> None:
-    result = subprocess.run(
-        [str(BIN / "flask"), "--app", "wsgi", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        fail(f"`flask {' '.join(args)}` failed:\n{result.stdout}{result.stderr}")
 
 
 def start_gunicorn(env: dict[str, str], port: int, log_path: Path) -> subprocess.Popen:
@@ -233,17 +182,6 @@ def start_gunicorn(env: dict[str, str], port: int, log_path: Path) -> subprocess
         time.sleep(0.1)
     stop(proc)
     fail(f"gunicorn did not answer /health in 30 s:\n{log_path.read_text(errors='replace')}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM gunicorn's arbiter and wait; SIGKILL its process group if it will not go."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def login(base_url: str) -> str:
@@ -365,7 +303,10 @@ def main() -> int:
     queue.flushdb()  # our own database number, never FLUSHALL
     gunicorn = None
     with tempfile.TemporaryDirectory(prefix="eventflow-bench-") as tmp:
-        env = app_env(args.database_url, args.redis_url, tmp)
+        # The token must outlive the longest bench.
+        env = app_env(
+            args.database_url, args.redis_url, tmp, JWT_ACCESS_TOKEN_EXPIRES_SECONDS="3600"
+        )
         try:
             flask(env, "db", "upgrade")
             flask(env, "users", "create", USER_EMAIL, "--password", USER_PASSWORD)

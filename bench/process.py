@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,13 +35,21 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import redis
+from harness import (
+    BIN,
+    ROOT,
+    app_env,
+    drop_database,
+    fail,
+    flask,
+    free_port,
+    recreate_database,
+    stop,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT))
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eventflow_procbench"
@@ -73,38 +79,6 @@ class Run:
         )
 
 
-def fail(message: str) -> None:
-    sys.exit(f"bench/process.py: {message}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def admin_connection(url: str):
-    parts = urlsplit(url)
-    conn = psycopg2.connect(urlunsplit(parts._replace(path="/postgres")))
-    conn.autocommit = True
-    return conn, parts.path.lstrip("/")
-
-
-def recreate_database(url: str) -> None:
-    conn, name = admin_connection(url)
-    with conn.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        cur.execute(f'CREATE DATABASE "{name}"')
-    conn.close()
-
-
-def drop_database(url: str) -> None:
-    conn, name = admin_connection(url)
-    with conn.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    conn.close()
-
-
 def start_redis(log_path: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen(
@@ -125,31 +99,6 @@ def start_redis(log_path: Path) -> tuple[subprocess.Popen, str]:
     fail(f"redis-server did not start:\n{log_path.read_text(errors='replace')}")
 
 
-def app_env(database_url: str, redis_url: str, instance: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTFLOW_")}
-    env.update(
-        DATABASE_URL=database_url,
-        REDIS_URL=redis_url,
-        EVENTFLOW_ENV="production",
-        SECRET_KEY=secrets.token_hex(32),
-        JWT_SECRET_KEY=secrets.token_hex(32),
-        EVENTFLOW_INSTANCE_PATH=instance,
-    )
-    return env
-
-
-def flask(env: dict[str, str], *args: str) -> None:
-    result = subprocess.run(
-        [str(BIN / "flask"), "--app", "wsgi", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        fail(f"`flask {' '.join(args)}` failed:\n{result.stdout}{result.stderr}")
-
-
 def start_worker(env: dict[str, str], workers: int, log_path: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [str(BIN / "flask"), "--app", "wsgi", "worker", "--workers", str(workers), "--processes"],
@@ -159,17 +108,6 @@ def start_worker(env: dict[str, str], workers: int, log_path: Path) -> subproces
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-
-
-def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
-    """SIGTERM and wait; SIGKILL the process group if it will not go."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def rows(conn, sql: str, *params) -> list[tuple]:
