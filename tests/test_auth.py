@@ -155,3 +155,30 @@ def test_ensure_admin_creates_once_and_prints_password_only_the_first_time(runne
     assert first.exit_code == 0 and "password:" in first.output
     second = runner.invoke(args=["users", "ensure-admin"])
     assert second.exit_code == 0 and "password" not in second.output
+
+
+def test_a_token_accepted_before_is_refused_once_it_expires(client, app, make_user):
+    user = make_user()
+    with app.app_context():
+        token = create_access_token(
+            identity=str(user.id),
+            additional_claims={"role": "user"},
+            expires_delta=timedelta(seconds=1),
+        )
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.get("/api/v1/events", headers=headers).status_code == 200
+    time.sleep(1.2)
+    response = client.get("/api/v1/events", headers=headers)
+    assert response.status_code == 401
+    assert response.get_json()["error"]["code"] == "token_expired"
+
+
+def test_a_refresh_token_is_not_accepted_as_an_access_token(client, app, make_user):
+    from flask_jwt_extended import create_refresh_token
+
+    user = make_user()
+    with app.app_context():
+        token = create_refresh_token(identity=str(user.id))
+    response = client.get("/api/v1/events", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401
+    assert "error" in response.get_json()

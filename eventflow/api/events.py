@@ -1,16 +1,15 @@
 """POST/GET /events and GET /events/{id}."""
 
 from flask import request
-from flask_jwt_extended import jwt_required
 
 from .. import events
 from . import bp
-from .inputs import current_viewer, json_body
+from .inputs import bearer_required, current_viewer, json_body
 from .serialize import event_to_dict, page_to_dict
 
 
 @bp.post("/events")
-@jwt_required()
+@bearer_required
 def create_event():
     viewer = current_viewer()
     key = events.check_idempotency_key(request.headers.get("Idempotency-Key"))
@@ -21,13 +20,13 @@ def create_event():
 
 
 @bp.get("/events/<event_id>")
-@jwt_required()
+@bearer_required
 def get_event(event_id: str):
     return event_to_dict(events.get_event(current_viewer(), event_id))
 
 
 @bp.get("/events")
-@jwt_required()
+@bearer_required
 def list_events():
     args = request.args
     page = events.list_events(

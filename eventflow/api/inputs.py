@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import time
 import uuid
-from functools import wraps
+from types import MappingProxyType
 
-from flask import request
-from flask_jwt_extended import get_jwt, jwt_required
+from flask import current_app, g, request
+from flask_jwt_extended import decode_token
+from flask_jwt_extended.exceptions import NoAuthorizationError, WrongTokenError
+from jwt import ExpiredSignatureError
 
 from ..errors import ApiError
 from ..events import Viewer
@@ -39,9 +43,46 @@ def json_body() -> object:
         raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
 
 
+@functools.lru_cache(maxsize=4096)
+def _verified_claims(token: str, secret: str) -> MappingProxyType:
+    """Verify a token's signature and algorithm once; clients reuse a token for its lifetime.
+
+    flask-jwt-extended decodes a token several times per request and PyJWT checks every base64
+    character in Python: that was the largest cost of an ingest request (BENCHMARKS.md). Expiry is
+    not cached: bearer_required checks it on every request. The secret is part of the key.
+    """
+    with current_app.app_context():
+        return MappingProxyType(decode_token(token, allow_expired=True))
+
+
+def bearer_required(view):
+    """Require a valid, unexpired access token in `Authorization: Bearer …` (401 otherwise).
+
+    Failures raise flask-jwt-extended's own exceptions, so its handlers give the envelope.
+    """
+
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme != "Bearer" or not token.strip():
+            raise NoAuthorizationError("Missing 'Bearer <token>' Authorization header")
+        claims = _verified_claims(token.strip(), current_app.config["JWT_SECRET_KEY"])
+        if claims.get("type") != "access":
+            raise WrongTokenError("Only access tokens are allowed")
+        if claims.get("exp", 0) <= time.time():
+            expired = ExpiredSignatureError("Signature has expired")
+            # flask-jwt-extended's handler for this error reads these, as its decoder sets them.
+            expired.jwt_header, expired.jwt_data = {}, dict(claims)
+            raise expired
+        g.token_claims = claims
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
 def current_viewer() -> Viewer:
     """The caller from the verified token (no database lookup on the hot path)."""
-    claims = get_jwt()
+    claims = g.token_claims
     try:
         user_id = uuid.UUID(claims["sub"])
     except (KeyError, ValueError, TypeError):
@@ -52,8 +93,8 @@ def current_viewer() -> Viewer:
 def admin_required(view):
     """Authenticate first, then require the admin role (403 otherwise)."""
 
-    @wraps(view)
-    @jwt_required()
+    @functools.wraps(view)
+    @bearer_required
     def wrapper(*args, **kwargs):
         if not current_viewer().is_admin:
             raise ApiError(403, "forbidden", "this endpoint is for admins only")
