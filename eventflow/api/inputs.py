@@ -51,8 +51,7 @@ def _verified_claims(token: str, secret: str) -> MappingProxyType:
     character in Python: that was the largest cost of an ingest request (BENCHMARKS.md). Expiry is
     not cached: bearer_required checks it on every request. The secret is part of the key.
     """
-    with current_app.app_context():
-        return MappingProxyType(decode_token(token, allow_expired=True))
+    return MappingProxyType(decode_token(token, allow_expired=True))
 
 
 def bearer_required(view):
