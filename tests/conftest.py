@@ -56,6 +56,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def flask_cli(env: dict[str, str], *args: str, check: bool = False):
+    """Run `flask --app wsgi ARGS` as a real command; return the finished process (text output)."""
+    done = subprocess.run(
+        [str(BIN / "flask"), "--app", "wsgi", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if check:
+        assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
 def _ensure_database(url: str) -> None:
     parts = urlsplit(url)
     name = parts.path.lstrip("/")
@@ -107,19 +122,12 @@ def base_env(database_url, redis_url, tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def migrated(database_url, base_env):
     """Drop everything, then build the schema with the real migrations (flask db upgrade)."""
-    engine_url = database_url
-    conn = psycopg2.connect(engine_url)
+    conn = psycopg2.connect(database_url)
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
     conn.close()
-    subprocess.run(
-        [str(BIN / "flask"), "--app", "wsgi", "db", "upgrade"],
-        cwd=ROOT,
-        env=base_env,
-        check=True,
-        capture_output=True,
-    )
+    flask_cli(base_env, "db", "upgrade", check=True)
     return True
 
 

@@ -1,11 +1,9 @@
 """Settings come from the environment only; bad values stop start-up with a clear message."""
 
-import subprocess
-
 import pytest
 
 from eventflow.config import ConfigError, load_settings
-from tests.conftest import BIN, ROOT
+from tests.conftest import flask_cli
 
 STRONG = "s" * 40
 
@@ -82,14 +80,7 @@ def test_production_starts_with_real_secrets():
 
 def test_the_cli_stops_with_a_one_line_reason_on_a_bad_setting(base_env):
     env = {**base_env, "EVENTFLOW_ENV": "production", "SECRET_KEY": "", "JWT_SECRET_KEY": ""}
-    result = subprocess.run(
-        [str(BIN / "flask"), "--app", "wsgi", "db", "current"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = flask_cli(env, "db", "current")
     assert result.returncode != 0
     assert "configuration error: SECRET_KEY must be set" in result.stderr
     assert "Traceback" not in result.stderr
@@ -97,13 +88,6 @@ def test_the_cli_stops_with_a_one_line_reason_on_a_bad_setting(base_env):
 
 def test_an_unimportable_handler_module_stops_start_up(base_env):
     env = {**base_env, "EVENTFLOW_HANDLERS": "no_such_module_xyz"}
-    result = subprocess.run(
-        [str(BIN / "flask"), "--app", "wsgi", "db", "current"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = flask_cli(env, "db", "current")
     assert result.returncode != 0
     assert "no_such_module_xyz" in result.stderr

@@ -1,14 +1,13 @@
 """`flask db upgrade` builds exactly the models' schema, on PostgreSQL and on SQLite."""
 
 import sqlite3
-import subprocess
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
 from eventflow.extensions import db
-from tests.conftest import BIN, ROOT
+from tests.conftest import flask_cli
 
 
 def test_migrated_postgresql_schema_has_no_pending_autogenerate_diff(app):
@@ -33,23 +32,8 @@ def test_postgresql_uses_jsonb_and_native_uuid_and_indexes_the_list_queries(app)
 def test_db_upgrade_builds_the_schema_on_an_empty_sqlite_file(base_env, tmp_path):
     env = {k: v for k, v in base_env.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env["EVENTFLOW_INSTANCE_PATH"] = str(tmp_path)
-    subprocess.run(
-        [str(BIN / "flask"), "--app", "wsgi", "db", "upgrade"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    check = subprocess.run(
-        [str(BIN / "flask"), "--app", "wsgi", "db", "check"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert check.returncode == 0, check.stdout + check.stderr
+    flask_cli(env, "db", "upgrade", check=True)
+    flask_cli(env, "db", "check", check=True)
     with sqlite3.connect(tmp_path / "eventflow.sqlite3") as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"users", "events", "event_attempts"} <= tables

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 
-from tests.conftest import BIN, ROOT, wait_for
+from tests.conftest import flask_cli, wait_for
 from tests.pipeline import (
     api_get,
     attempt_rows,
@@ -163,16 +162,7 @@ def test_bulk_replay_rejects_bad_bodies(client, admin_auth):
 
 def _flask_dlq(base_env, *args: str) -> str:
     """Run `flask --app wsgi dlq ...` as a real command; return its output."""
-    done = subprocess.run(
-        [str(BIN / "flask"), "--app", "wsgi", "dlq", *args],
-        cwd=ROOT,
-        env=base_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    return flask_cli(base_env, "dlq", *args, check=True).stdout
 
 
 def _dlq(runner, *args: str) -> str:

@@ -1,10 +1,8 @@
 """The whole path a client walks: register, login, POST an event, GET it PROCESSED."""
 
-import subprocess
-
 import requests
 
-from tests.conftest import BIN, ROOT, wait_for
+from tests.conftest import flask_cli, wait_for
 
 
 def _walk(base: str, event_type: str, payload: dict) -> dict:
@@ -97,14 +95,7 @@ def test_embedded_default_runs_without_postgresql_or_redis(
         "REDIS_URL": "",
         "EVENTFLOW_INSTANCE_PATH": str(tmp_path),
     }
-    subprocess.run(
-        [str(BIN / "flask"), "--app", "wsgi", "db", "upgrade"],
-        cwd=ROOT,
-        env={**base_env, **env},
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    flask_cli({**base_env, **env}, "db", "upgrade", check=True)
     base = start_server(GUNICORN_WORKERS="1", **env)
     start_worker(**env)
     body = _walk(base, "ORDER_CREATED", {"items": [{"price": 3, "qty": 3}]})
