@@ -146,6 +146,8 @@ class Worker(db.Model):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     in_flight: Mapped[int] = mapped_column(Integer, default=0)
+    # What it is doing: the ids of the events it is running now (space-separated, capped).
+    current_events: Mapped[str | None] = mapped_column(Text, nullable=True)
     processed: Mapped[int] = mapped_column(Integer, default=0)
 
 

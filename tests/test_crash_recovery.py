@@ -165,10 +165,11 @@ def test_sigterm_or_ctrl_c_mid_handler_lets_in_flight_events_finish(
     ids = [ingest(client, auth, "TEST_SLOW", slow) for _ in range(4)]
 
     def two_in_flight():
-        # Heartbeats: one row per process, saying how many events it is running.
+        # Heartbeats: one row per process, saying which events it is running.
         rows, running = _worker_rows(app), _processing(app)
+        reported = {e for w in rows for e in (w.current_events or "").split()}
         busy = len(running) == 2 and sum(w.in_flight for w in rows) == 2
-        return (rows, set(running)) if busy else None
+        return (rows, set(running)) if busy and reported == set(running) else None
 
     rows, in_flight = wait_for(two_in_flight, message="two events mid-handler, per heartbeats")
     if stop == "SIGTERM":

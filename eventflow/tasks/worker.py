@@ -15,7 +15,7 @@ from .. import transitions
 from ..config import Settings
 from ..extensions import db
 from ..models import Worker, utcnow
-from .processing import in_flight, worker_id
+from .processing import MAX_BATCH, in_flight, worker_id
 from .queue import EventQueue
 from .recovery import recover
 
@@ -56,6 +56,7 @@ class Heartbeat:
                 started_at=self.started_at,
                 last_seen_at=utcnow(),
                 in_flight=len(ids),
+                current_events=" ".join(str(i) for i in ids[:MAX_BATCH]) or None,
                 processed=in_flight.processed,
             )
         )
