@@ -259,39 +259,51 @@ def worker(app, start_worker):
     return start_worker("--workers", "2")
 
 
+def launch_gunicorn(
+    env: dict[str, str], log_path: Path, *args: str, port: int | None = None
+) -> tuple[Process, str]:
+    """Start `gunicorn -c gunicorn.conf.py wsgi:app` on a free port; (process, base URL)."""
+    port = port or free_port()
+    proc = Process(
+        [
+            str(BIN / "gunicorn"),
+            "-c",
+            "gunicorn.conf.py",
+            "--bind",
+            f"127.0.0.1:{port}",
+            *args,
+            "wsgi:app",
+        ],
+        env,
+        log_path,
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_until_serving(proc: Process, url: str, statuses=(200, 503)) -> None:
+    """Wait until gunicorn answers /health (a worker may take seconds to boot under load)."""
+
+    def up():
+        if proc.proc.poll() is not None:
+            pytest.fail(f"gunicorn exited:\n{proc.output()}")
+        try:
+            return requests.get(f"{url}/health", timeout=10).status_code in statuses
+        except requests.RequestException:
+            return False
+
+    wait_for(up, timeout=30, message=f"gunicorn at {url} to answer /health")
+
+
 @pytest.fixture
 def start_server(base_env, tmp_path):
     """Factory: start_server(*gunicorn_args, **env) -> base URL of a running gunicorn."""
     started: list[Process] = []
 
     def start(*args: str, **env: str) -> str:
-        port = free_port()
         log = tmp_path / f"gunicorn-{len(started)}.log"
-        proc = Process(
-            [
-                str(BIN / "gunicorn"),
-                "-c",
-                "gunicorn.conf.py",
-                "--bind",
-                f"127.0.0.1:{port}",
-                *args,
-                "wsgi:app",
-            ],
-            {**base_env, **env},
-            log,
-        )
+        proc, url = launch_gunicorn({**base_env, **env}, log, *args)
         started.append(proc)
-        url = f"http://127.0.0.1:{port}"
-
-        def up():
-            if proc.proc.poll() is not None:
-                pytest.fail(f"gunicorn exited:\n{proc.output()}")
-            try:
-                return requests.get(f"{url}/health", timeout=10).status_code in (200, 503)
-            except requests.RequestException:
-                return False
-
-        wait_for(up, timeout=30, message="gunicorn to answer /health")
+        wait_until_serving(proc, url)
         return url
 
     yield start

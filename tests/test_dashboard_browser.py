@@ -19,7 +19,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 from eventflow.extensions import db
 from eventflow.models import Event, Status
 
-from .conftest import BIN, ROOT, Process, free_port, wait_for
+from .conftest import ROOT, Process, free_port, launch_gunicorn, wait_until_serving
 
 ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
 CHROMIUM_ARGS = [
@@ -66,26 +66,10 @@ def admin(make_user):
     return make_user(email=f"admin-{uuid.uuid4().hex[:6]}@example.com", admin=True)
 
 
-def launch_gunicorn(env: dict, log_path, port: int | None = None) -> tuple[Process, str]:
-    """Start gunicorn (2 workers, gunicorn.conf.py) and wait until /health answers 200.
-
-    Readiness waits out a slow worker boot, where conftest's start_server gives up after a
-    1 s read timeout.
-    """
-    port = port or free_port()
-    args = ["-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", "wsgi:app"]
-    proc = Process([str(BIN / "gunicorn"), *args], {**env, "GUNICORN_WORKERS": "2"}, log_path)
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        if proc.proc.poll() is not None:
-            pytest.fail(f"gunicorn exited:\n{proc.output()}")
-        try:
-            return requests.get(f"{url}/health", timeout=10).status_code == 200
-        except requests.RequestException:
-            return False
-
-    wait_for(ready, timeout=30, message="gunicorn to answer /health")
+def serve_dashboard(env: dict, log_path, port: int | None = None) -> tuple[Process, str]:
+    """Start gunicorn (2 workers, gunicorn.conf.py) and wait until /health answers 200."""
+    proc, url = launch_gunicorn({**env, "GUNICORN_WORKERS": "2"}, log_path, port=port)
+    wait_until_serving(proc, url, statuses=(200,))
     return proc, url
 
 
@@ -93,7 +77,7 @@ def launch_gunicorn(env: dict, log_path, port: int | None = None) -> tuple[Proce
 def shared_server(migrated, base_env, tmp_path_factory):
     """One gunicorn for the module: its state lives in PostgreSQL and Redis, which the `app`
     fixture empties before every test, so tests do not pay for a server boot each."""
-    proc, url = launch_gunicorn(base_env, tmp_path_factory.mktemp("web") / "gunicorn.log")
+    proc, url = serve_dashboard(base_env, tmp_path_factory.mktemp("web") / "gunicorn.log")
     yield url
     proc.stop()
 
@@ -110,7 +94,7 @@ def serve(app, base_env, tmp_path):
     procs: list[Process] = []
 
     def start(port: int) -> str:
-        proc, url = launch_gunicorn(base_env, tmp_path / f"web-{len(procs)}.log", port)
+        proc, url = serve_dashboard(base_env, tmp_path / f"web-{len(procs)}.log", port)
         procs.append(proc)
         return url
 

@@ -15,7 +15,7 @@ from flask_jwt_extended import create_access_token
 
 from eventflow.dashboard.live import BroadcastLease
 
-from .conftest import BIN, Process, free_port, wait_for
+from .conftest import launch_gunicorn, wait_for, wait_until_serving
 
 PASSWORD = "correct-horse"
 NAMESPACE = "/dashboard"
@@ -28,28 +28,13 @@ def shared_servers(migrated, base_env, tmp_path_factory):
     """Two gunicorns of two workers each, booted in parallel once for the module.
 
     Their state lives in PostgreSQL and Redis, which the `app` fixture empties before every
-    test. Readiness waits out a slow worker boot (conftest's start_server gives up after a 1 s
-    read timeout).
+    test.
     """
     logs = tmp_path_factory.mktemp("web")
-    launched = []
-    for n in range(2):
-        port = free_port()
-        args = ["-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", "wsgi:app"]
-        env = {**base_env, "GUNICORN_WORKERS": "2"}
-        proc = Process([str(BIN / "gunicorn"), *args], env, logs / f"gunicorn-{n}.log")
-        launched.append((proc, f"http://127.0.0.1:{port}"))
+    env = {**base_env, "GUNICORN_WORKERS": "2"}
+    launched = [launch_gunicorn(env, logs / f"gunicorn-{n}.log") for n in range(2)]
     for proc, url in launched:
-
-        def ready(proc=proc, url=url) -> bool:
-            if proc.proc.poll() is not None:
-                pytest.fail(f"gunicorn exited:\n{proc.output()}")
-            try:
-                return requests.get(f"{url}/health", timeout=10).status_code == 200
-            except requests.RequestException:
-                return False
-
-        wait_for(ready, timeout=30, message=f"gunicorn at {url} to answer /health")
+        wait_until_serving(proc, url, statuses=(200,))
     yield [url for _, url in launched]
     for proc, _ in launched:
         proc.stop()
