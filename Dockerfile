@@ -2,15 +2,21 @@
 # migration all run from it; docker-compose.yml picks the command per service.
 #
 #   docker build -t eventflow .
-#   docker run -e DATABASE_URL=... -e REDIS_URL=... -e EVENTFLOW_ENV=production \
+#   docker run -e DATABASE_URL=... -e REDIS_URL=... \
 #     -e SECRET_KEY=... -e JWT_SECRET_KEY=... -p 5000:5000 eventflow
+#
+# The image runs in production (EVENTFLOW_ENV=production): a container started without
+# SECRET_KEY and JWT_SECRET_KEY of 32+ bytes each refuses to start, naming the missing one,
+# instead of signing sessions and tokens with the development defaults anyone can read.
+# Only `-e EVENTFLOW_ENV=development` brings the defaults back, e.g. to try the image locally.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    GUNICORN_BIND=0.0.0.0:5000
+    GUNICORN_BIND=0.0.0.0:5000 \
+    EVENTFLOW_ENV=production
 
 WORKDIR /app
 

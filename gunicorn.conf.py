@@ -1,28 +1,46 @@
-"""Production web server settings. Socket.IO runs over WebSocket in threaded workers.
+"""Production web server settings: gevent workers, so a WebSocket holds no request thread.
 
 `gunicorn -c gunicorn.conf.py wsgi:app`; PORT picks the port (GUNICORN_BIND, e.g. 0.0.0.0:5000,
-overrides the whole address), GUNICORN_WORKERS and GUNICORN_THREADS the size. With more than one
-worker, the dashboard's Socket.IO client uses WebSocket only, so no sticky sessions are needed
-(see README).
+overrides the whole address), GUNICORN_WORKERS the number of processes. The dashboard's Socket.IO
+client uses WebSocket only, so several workers need no sticky sessions (see README).
 
-Why gthread: Socket.IO's WebSocket needs it, and it keeps client connections alive, which made
-it cheaper per request than sync workers in bench/ingest.py (BENCHMARKS.md).
+Why gevent (eventflow/server.Worker: gunicorn's gevent worker + cooperative psycopg2 + JSON for
+errors gunicorn answers itself): with gthread workers every open WebSocket held one of a few
+request threads, so a handful of idle sockets stalled the API; in gevent a socket is a greenlet.
+It also took ingest from 786 to 1,233 events/s in bench/ingest.py (BENCHMARKS.md).
+GUNICORN_WORKER_CLASS=gthread brings back the old shape for comparison only.
 """
 
 import os
+import resource
 
 bind = os.environ.get("GUNICORN_BIND", f"127.0.0.1:{os.environ.get('PORT', '5000')}")
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
-# At most the app's SQLAlchemy pool (pool_size 16): more busy threads than pooled connections
-# open and close a PostgreSQL connection per request (measured: 18 new sessions/s at 32 threads
-# against a pool of 10). Each open dashboard WebSocket holds one thread.
-threads = int(os.environ.get("GUNICORN_THREADS", "16"))
-worker_class = "gthread"
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "eventflow.server.Worker")
+# Open connections per worker: idle dashboards and WebSockets cost a greenlet each.
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "4096"))
+threads = int(os.environ.get("GUNICORN_THREADS", "16"))  # gthread only
 keepalive = 5
 timeout = 60
 graceful_timeout = 20
+# A request line over 4 KiB or oversized headers are refused before Flask; eventflow.server
+# answers them with the JSON error envelope.
+limit_request_line = 4094
+limit_request_field_size = 8190
+# gunicorn would trust X-Forwarded-Proto from 127.0.0.1 on its own; EVENTFLOW_PROXY_HOPS alone
+# decides which proxies the app believes (ProxyFix, eventflow/security.py).
+forwarded_allow_ips = ""
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG")  # "-" for stdout; off by default for speed
 errorlog = "-"
 # gunicorn 27's control socket defaults to one path per user: several servers on one machine
 # (tests, benchmarks, make run) would take it from each other.
 control_socket_disable = True
+
+
+def on_starting(server):
+    # Each connection is a file descriptor: let the workers have as many as they may accept.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = workers * worker_connections + 1024
+    if soft < wanted:
+        limit = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, redirect, url_for
+from sqlalchemy import Engine, create_engine
 from sqlalchemy import event as sa_event
 
 from .config import Settings, load_settings
@@ -30,7 +31,7 @@ def _flask_config(settings: Settings) -> dict[str, Any]:
     else:
         # No pre-ping: it would cost a round trip per request. After a PostgreSQL restart the
         # first query on a stale connection fails (503), and SQLAlchemy then replaces the pool.
-        engine_options = {"pool_size": 16, "max_overflow": 16, "pool_recycle": 1800}
+        engine_options = {"pool_size": 8, "max_overflow": 8, "pool_recycle": 1800}
     return {
         "SECRET_KEY": settings.secret_key,
         "JWT_SECRET_KEY": settings.jwt_secret_key,
@@ -45,10 +46,35 @@ def _flask_config(settings: Settings) -> dict[str, Any]:
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": settings.env == "production",
-        "PERMANENT_SESSION_LIFETIME": timedelta(hours=12),
+        "PERMANENT_SESSION_LIFETIME": timedelta(seconds=settings.session_max_seconds),
         "WTF_CSRF_TIME_LIMIT": None,
         "EVENTFLOW": settings,
     }
+
+
+def _ingest_engine(settings: Settings) -> Engine:
+    """Autocommit connections for ingest: one INSERT is one round trip and commits on return."""
+    if settings.database_url.startswith("sqlite"):
+        return create_engine(
+            settings.database_url, isolation_level="AUTOCOMMIT", connect_args={"timeout": 30}
+        )
+    # Its own pool, sized like the app's (the two together stay within 32 per process).
+    return create_engine(
+        settings.database_url,
+        isolation_level="AUTOCOMMIT",
+        pool_size=16,
+        max_overflow=0,
+        pool_recycle=1800,
+    )
+
+
+def _async_mode() -> str:
+    """gevent inside gunicorn's gevent worker (which monkey-patches first), threads elsewhere."""
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover - gevent is a pinned dependency
+        return "threading"
+    return "gevent" if monkey.is_module_patched("socket") else "threading"
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -73,14 +99,17 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     from .dashboard.live import register_live_stats, socketio_channel
     from .errors import register_error_handlers, register_jwt_errors
-    from .extensions import csrf, db, jwt, migrate, socketio
+    from .extensions import INGEST_ENGINE_KEY, csrf, db, jwt, migrate, socketio
+    from .security import init_security
     from .tasks.queue import init_queue
     from .tasks.registry import load_handler_modules
 
     db.init_app(app)
+    app.extensions[INGEST_ENGINE_KEY] = _ingest_engine(settings)
     if settings.database_url.startswith("sqlite"):
         with app.app_context():
             sa_event.listen(db.engine, "connect", _sqlite_pragmas)
+        sa_event.listen(app.extensions[INGEST_ENGINE_KEY], "connect", _sqlite_pragmas)
     migrate.init_app(app, db, directory=str(Path(__file__).resolve().parent.parent / "migrations"))
     jwt.init_app(app)
     csrf.init_app(app)
@@ -90,11 +119,14 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app,
         message_queue=settings.redis_url,
         channel=socketio_channel(settings.redis_url),
-        async_mode="threading",
+        async_mode=_async_mode(),
+        # The dashboard's client is WebSocket-only; long-polling would need sticky sessions.
+        transports=["websocket"],
         logger=False,
         engineio_logger=False,
     )
     register_live_stats(app, socketio)
+    init_security(app, settings)  # after Socket.IO, so ProxyFix sees every request first
     register_jwt_errors()
     load_handler_modules(settings.handlers)
     init_queue(app, settings)

@@ -1,4 +1,4 @@
-"""Commands: `users create`, `users ensure-admin`, `worker`, `dlq list|replay`."""
+"""Commands: `users create|set-role|delete|ensure-admin`, `worker`, `dlq list|replay`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from flask.cli import AppGroup
 
 from . import events, users
 from .errors import ApiError
-from .models import Status
+from .models import Role, Status
 
 users_cli = AppGroup("users", help="Manage user accounts.")
 dlq_cli = AppGroup("dlq", help="Inspect and replay the dead-letter queue.")
@@ -38,6 +38,30 @@ def create_user(email: str, admin: bool, password: str) -> None:
     except ApiError as exc:
         _fail(exc)
     click.echo(f"created {user.role} {user.email} ({user.id})")
+
+
+@users_cli.command("set-role")
+@click.argument("email")
+@click.argument("role", type=click.Choice([role.value for role in Role]))
+def set_role(email: str, role: str) -> None:
+    """Change a user's role; their tokens and sessions get it on their next request."""
+    try:
+        user = users.set_role(email, role)
+    except ApiError as exc:
+        _fail(exc)
+    click.echo(f"{user.email} is now {user.role}")
+
+
+@users_cli.command("delete")
+@click.argument("email")
+@click.confirmation_option(prompt="Delete this user and all of their events?")
+def delete_user(email: str) -> None:
+    """Delete a user and their events; their tokens stop working at once."""
+    try:
+        removed = users.delete_user(email)
+    except ApiError as exc:
+        _fail(exc)
+    click.echo(f"deleted {email} and {removed} event(s)")
 
 
 @users_cli.command("ensure-admin")

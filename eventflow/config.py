@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 DEV_SECRET_KEY = "dev-secret-key-change-me"
 DEV_JWT_SECRET_KEY = "dev-jwt-secret-key-change-me-please"
 MIN_PRODUCTION_SECRET_BYTES = 32
+RATE_LIMIT_PATTERN = re.compile(r"^\s*([1-9][0-9]{0,8})\s*/\s*(second|minute|hour)\s*$")
 
 
 class ConfigError(ValueError):
@@ -25,6 +27,7 @@ class Settings:
     secret_key: str = DEV_SECRET_KEY
     jwt_secret_key: str = DEV_JWT_SECRET_KEY
     jwt_access_token_expires: float = 900.0
+    jwt_refresh_token_expires: float = 7 * 24 * 3600.0
     handlers: tuple[str, ...] = ()
     max_attempts: int = 5
     retry_base_seconds: float = 1.0
@@ -32,6 +35,14 @@ class Settings:
     visibility_timeout_seconds: float = 300.0
     recovery_interval_seconds: float = 30.0
     port: int = 5000
+    # Security (CONTRACT section 9). Limits use the `N/second|minute|hour` form; None = no limit.
+    rate_limit_login: str = "10/minute"
+    rate_limit_register: str = "20/hour"
+    rate_limit_ingest: str | None = None
+    proxy_hops: int = 0  # how many proxies in front set X-Forwarded-* (0: trust none)
+    socket_auth_timeout_seconds: float = 10.0
+    session_idle_seconds: float = 1800.0
+    session_max_seconds: float = 12 * 3600.0
     instance_path: str = ""
     queue_path: str = field(default="")
 
@@ -39,6 +50,10 @@ class Settings:
     def embedded(self) -> bool:
         """True when running on SQLite + Huey's SQLite queue (no servers)."""
         return self.redis_url is None
+
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
 
 
 def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
@@ -88,13 +103,38 @@ def _redis_url(env: Mapping[str, str]) -> str | None:
     return url
 
 
+def _rate_limit(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    match = RATE_LIMIT_PATTERN.match(raw)
+    if match is None:
+        raise ConfigError(f"{name} must look like 10/minute (N/second|minute|hour), got {raw!r}")
+    return f"{match.group(1)}/{match.group(2)}"
+
+
+def _app_env(env: Mapping[str, str]) -> str:
+    """development only when asked for, or on the embedded default (no DATABASE_URL)."""
+    raw = env.get("EVENTFLOW_ENV", "").strip()
+    if not raw:
+        return "production" if env.get("DATABASE_URL", "").strip() else "development"
+    if raw not in ("development", "production", "test"):
+        raise ConfigError(f"EVENTFLOW_ENV must be development, production or test, got {raw!r}")
+    return raw
+
+
 def _check_production_secrets(settings: Settings, env: Mapping[str, str]) -> None:
+    # Outside explicit development a default secret would let anyone forge an admin token
+    # with the key printed in this file.
     for name, value, default in (
         ("SECRET_KEY", settings.secret_key, DEV_SECRET_KEY),
         ("JWT_SECRET_KEY", settings.jwt_secret_key, DEV_JWT_SECRET_KEY),
     ):
         if not env.get(name):
-            raise ConfigError(f"{name} must be set when EVENTFLOW_ENV=production")
+            raise ConfigError(
+                f"{name} must be set in production (EVENTFLOW_ENV=production, the default "
+                "when DATABASE_URL is set; use EVENTFLOW_ENV=development to run without it)"
+            )
         if value == default:
             raise ConfigError(f"{name} is the development default; set a real secret in production")
         if len(value.encode()) < MIN_PRODUCTION_SECRET_BYTES:
@@ -111,6 +151,7 @@ ENVIRONMENT_VARIABLES = (
     "SECRET_KEY",
     "JWT_SECRET_KEY",
     "JWT_ACCESS_TOKEN_EXPIRES_SECONDS",
+    "JWT_REFRESH_TOKEN_EXPIRES_SECONDS",
     "EVENTFLOW_HANDLERS",
     "EVENTFLOW_MAX_ATTEMPTS",
     "EVENTFLOW_RETRY_BASE_SECONDS",
@@ -118,15 +159,20 @@ ENVIRONMENT_VARIABLES = (
     "EVENTFLOW_VISIBILITY_TIMEOUT_SECONDS",
     "EVENTFLOW_RECOVERY_INTERVAL_SECONDS",
     "PORT",
+    "EVENTFLOW_RATE_LIMIT_LOGIN",
+    "EVENTFLOW_RATE_LIMIT_REGISTER",
+    "EVENTFLOW_RATE_LIMIT_INGEST",
+    "EVENTFLOW_PROXY_HOPS",
+    "EVENTFLOW_SOCKET_AUTH_TIMEOUT_SECONDS",
+    "EVENTFLOW_SESSION_IDLE_SECONDS",
+    "EVENTFLOW_SESSION_MAX_SECONDS",
 )
 
 
 def load_settings(env: Mapping[str, str] | None = None, instance_path: str = "") -> Settings:
     """Build the validated settings from an environment mapping (os.environ by default)."""
     env = os.environ if env is None else env
-    app_env = env.get("EVENTFLOW_ENV", "development").strip() or "development"
-    if app_env not in ("development", "production", "test"):
-        raise ConfigError(f"EVENTFLOW_ENV must be development, production or test, got {app_env!r}")
+    app_env = _app_env(env)
     handlers = tuple(p.strip() for p in env.get("EVENTFLOW_HANDLERS", "").split(",") if p.strip())
     retry_base = _number(env, "EVENTFLOW_RETRY_BASE_SECONDS", 1.0, minimum=0)
     retry_max = _number(env, "EVENTFLOW_RETRY_MAX_SECONDS", 300.0, minimum=0)
@@ -142,6 +188,9 @@ def load_settings(env: Mapping[str, str] | None = None, instance_path: str = "")
         secret_key=env.get("SECRET_KEY") or DEV_SECRET_KEY,
         jwt_secret_key=env.get("JWT_SECRET_KEY") or DEV_JWT_SECRET_KEY,
         jwt_access_token_expires=_number(env, "JWT_ACCESS_TOKEN_EXPIRES_SECONDS", 900.0, minimum=1),
+        jwt_refresh_token_expires=_number(
+            env, "JWT_REFRESH_TOKEN_EXPIRES_SECONDS", 7 * 24 * 3600.0, minimum=1
+        ),
         handlers=handlers,
         max_attempts=_integer(env, "EVENTFLOW_MAX_ATTEMPTS", 5, minimum=1, maximum=100),
         retry_base_seconds=retry_base,
@@ -153,6 +202,15 @@ def load_settings(env: Mapping[str, str] | None = None, instance_path: str = "")
             env, "EVENTFLOW_RECOVERY_INTERVAL_SECONDS", 30.0, minimum=0.1
         ),
         port=_integer(env, "PORT", 5000, minimum=1, maximum=65535),
+        rate_limit_login=_rate_limit(env, "EVENTFLOW_RATE_LIMIT_LOGIN") or "10/minute",
+        rate_limit_register=_rate_limit(env, "EVENTFLOW_RATE_LIMIT_REGISTER") or "20/hour",
+        rate_limit_ingest=_rate_limit(env, "EVENTFLOW_RATE_LIMIT_INGEST"),
+        proxy_hops=_integer(env, "EVENTFLOW_PROXY_HOPS", 0, minimum=0, maximum=5),
+        socket_auth_timeout_seconds=_number(
+            env, "EVENTFLOW_SOCKET_AUTH_TIMEOUT_SECONDS", 10.0, minimum=0.1
+        ),
+        session_idle_seconds=_number(env, "EVENTFLOW_SESSION_IDLE_SECONDS", 1800.0, minimum=1),
+        session_max_seconds=_number(env, "EVENTFLOW_SESSION_MAX_SECONDS", 12 * 3600.0, minimum=1),
         instance_path=instance_path,
         queue_path=str(Path(instance_path) / "queue.sqlite3"),
     )

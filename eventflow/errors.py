@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
+import time
 
+import psycopg2
 from flask import Flask, jsonify, request
-from sqlalchemy.exc import OperationalError
-from werkzeug.exceptions import HTTPException
+from flask_limiter import RateLimitExceeded
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from werkzeug.exceptions import HTTPException, TooManyRequests
 
-from .extensions import db, jwt
+from .extensions import db, jwt, limiter
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +43,43 @@ def _wants_envelope() -> bool:
     return path.startswith("/api/") or path in ("/api", "/health", "/metrics")
 
 
+# Whichever layer notices that PostgreSQL is gone - a statement, a commit, the pool checking a
+# connection in or resetting it - raises one of these, wrapped by SQLAlchemy or raw.
+_OUTAGES = (OperationalError, InterfaceError, psycopg2.OperationalError, psycopg2.InterfaceError)
+
+
+def is_database_outage(exc: BaseException | None) -> bool:
+    """True when the exception, or one it was raised from, says the database cannot be reached."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, _OUTAGES):
+            return True
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _rollback_quietly() -> None:
+    try:
+        db.session.rollback()
+    except Exception:  # the connection is gone; the session is discarded at teardown anyway
+        logger.debug("rollback after an error failed", exc_info=True)
+
+
+def retry_after_seconds(exc: TooManyRequests) -> int:
+    """Whole seconds until the breached limit's window ends (its full length if unknown)."""
+    if not isinstance(exc, RateLimitExceeded):
+        return 1
+    breached = limiter.current_limit
+    try:
+        if breached is not None and breached.breached:
+            return max(1, math.ceil(breached.reset_at - time.time()))
+    except Exception:  # the limit storage went away since the check: say a whole window
+        logger.warning("could not read when a rate limit resets", exc_info=True)
+    return exc.limit.limit.get_expiry()
+
+
 def register_error_handlers(app: Flask) -> None:
     """Render every error on API paths as the envelope; other paths keep Flask's pages."""
 
@@ -57,17 +98,31 @@ def register_error_handlers(app: Flask) -> None:
             response[0].headers["Allow"] = ", ".join(exc.valid_methods)
         return response
 
-    @app.errorhandler(OperationalError)
-    def handle_database_down(exc: OperationalError):
-        db.session.rollback()
+    @app.errorhandler(TooManyRequests)
+    def handle_rate_limited(exc: TooManyRequests):
+        seconds = retry_after_seconds(exc)
+        headers = {"Retry-After": str(seconds)}
+        if not _wants_envelope():
+            return exc.get_response(), headers
+        message = f"{exc.description}; try again in {seconds} s"
+        body, status = error_response(429, "rate_limited", message)
+        return body, status, headers
+
+    def database_down(exc: BaseException):
+        _rollback_quietly()
         logger.warning("database unavailable on %s %s: %s", request.method, request.path, exc)
         if not _wants_envelope():
             return "Service Unavailable: the database cannot be reached", 503
         return error_response(503, "database_unavailable", "the database cannot be reached")
 
+    for outage in _OUTAGES:
+        app.register_error_handler(outage, database_down)
+
     @app.errorhandler(Exception)
     def handle_unexpected(exc: Exception):
-        db.session.rollback()
+        if is_database_outage(exc):
+            return database_down(exc)
+        _rollback_quietly()
         logger.exception("unhandled error on %s %s", request.method, request.path)
         if not _wants_envelope():
             return "Internal Server Error", 500

@@ -2,29 +2,35 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import math
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy import bindparam, cast, exists, func, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
 
 from . import transitions
 from .errors import ApiError
-from .extensions import db
-from .models import Event, EventAttempt, Status, User, utcnow
+from .extensions import db, ingest_engine
+from .models import Event, EventAttempt, RevokedToken, Status, User, utcnow
 from .tasks.queue import get_queue
+from .tokens import Credentials, check_session
 
 TYPE_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 MAX_IDEMPOTENCY_KEY = 255
 MAX_LIMIT = 100
 MAX_DLQ_TYPES = 200
 DEFAULT_LIMIT = 20
+# Numbered pages reach this many rows deep (page * limit): deeper OFFSETs make the database
+# read and discard every row before the page. Past it, clients page by cursor.
+MAX_PAGE_DEPTH = 10_000
+MAX_CURSOR_LENGTH = 200
 
 
 @dataclass(frozen=True)
@@ -37,14 +43,24 @@ class Viewer:
 
 @dataclass(frozen=True)
 class Page:
+    """A page of a listing: by number (with the total) or after a cursor (page and total None)."""
+
     items: list[Event]
-    page: int
     limit: int
-    total: int
+    next_cursor: str | None = None
+    page: int | None = None
+    total: int | None = None
 
     @property
-    def pages(self) -> int:
+    def pages(self) -> int | None:
+        if self.total is None:
+            return None
         return math.ceil(self.total / self.limit) if self.total else 0
+
+    @property
+    def deepest_page(self) -> int:
+        """The last page a numbered listing may ask for (deeper ones need a cursor)."""
+        return max(1, MAX_PAGE_DEPTH // self.limit)
 
 
 def _check_no_nul(value: Any, where: str) -> None:
@@ -89,7 +105,20 @@ def check_idempotency_key(key: str | None) -> str | None:
 
 
 _EVENTS = Event.__table__
-_INSERT_EVENT = insert(_EVENTS)
+_USERS = User.__table__
+_REVOKED = RevokedToken.__table__
+_ROW_COLUMNS = (
+    "id",
+    "user_id",
+    "type",
+    "payload",
+    "status",
+    "attempts",
+    "replayed_attempts",
+    "idempotency_key",
+    "created_at",
+    "next_attempt_at",
+)
 _EVENT_ID_FOR_KEY = select(_EVENTS.c.id).where(
     _EVENTS.c.user_id == bindparam("user_id"),
     _EVENTS.c.idempotency_key == bindparam("idempotency_key"),
@@ -97,24 +126,44 @@ _EVENT_ID_FOR_KEY = select(_EVENTS.c.id).where(
 
 
 @functools.cache
-def _insert_once(dialect: str):
-    """INSERT … ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING id, built once."""
+def _guarded_insert(dialect: str, idempotent: bool):
+    """INSERT … SELECT <row> WHERE <the session is live> [ON CONFLICT DO NOTHING] RETURNING id.
+
+    Built once per dialect. The session check (user exists, token generation current, session
+    not logged out) rides in the insert itself, so ingest honours revocation at no extra round trip.
+    """
+
+    def value(name: str):
+        column = _EVENTS.c[name]
+        param = bindparam(name, type_=column.type)
+        # PostgreSQL needs the types spelt out in a SELECT list; SQLite must not cast (its
+        # CAST AS JSON would turn the text into a number).
+        return cast(param, column.type) if dialect == "postgresql" else param
+
+    live_session = exists().where(
+        _USERS.c.id == bindparam("session_user_id", type_=_USERS.c.id.type),
+        _USERS.c.token_generation == bindparam("session_generation"),
+    ) & ~exists().where(_REVOKED.c.jti == bindparam("session_id"))
     builder = pg_insert if dialect == "postgresql" else sqlite_insert
-    return (
-        builder(_EVENTS)
-        .on_conflict_do_nothing(index_elements=["user_id", "idempotency_key"])
-        .returning(_EVENTS.c.id)
+    statement = builder(_EVENTS).from_select(
+        list(_ROW_COLUMNS), select(*(value(name) for name in _ROW_COLUMNS)).where(live_session)
     )
+    if idempotent:
+        statement = statement.on_conflict_do_nothing(index_elements=["user_id", "idempotency_key"])
+    return statement.returning(_EVENTS.c.id)
 
 
 def create_event(
-    viewer: Viewer, event_type: str, payload: dict, idempotency_key: str | None = None
+    credentials: Credentials,
+    event_type: str,
+    payload: dict,
+    idempotency_key: str | None = None,
 ) -> tuple[uuid.UUID, bool]:
     """Commit and queue a new event; return (id, created). A repeated key returns the same id."""
     now = utcnow()
     row = dict(
         id=uuid.uuid4(),
-        user_id=viewer.user_id,
+        user_id=credentials.user_id,
         type=event_type,
         payload=payload,
         status=Status.PENDING.value,
@@ -123,23 +172,28 @@ def create_event(
         idempotency_key=idempotency_key,
         created_at=now,
         next_attempt_at=now,
+        session_user_id=credentials.user_id,
+        session_generation=credentials.generation,
+        session_id=credentials.session_id,
     )
+    existing = None
     # The hot path: one prebuilt statement on an autocommit connection is one round trip
     # (no BEGIN/COMMIT of its own), and the row is committed when it returns.
-    try:
-        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            if idempotency_key is None:
-                conn.execute(_INSERT_EVENT, row)
-            elif conn.execute(_insert_once(conn.dialect.name), row).first() is None:
-                # The key was used before (perhaps by a request racing this one, whose row
-                # ON CONFLICT waited for): that event wins.
-                existing = conn.execute(
-                    _EVENT_ID_FOR_KEY,
-                    {"user_id": viewer.user_id, "idempotency_key": idempotency_key},
-                ).scalar_one()
-                return existing, False
-    except IntegrityError:
-        raise ApiError(401, "invalid_token", "the token's user no longer exists") from None
+    with ingest_engine().connect() as conn:
+        statement = _guarded_insert(conn.dialect.name, idempotency_key is not None)
+        inserted = conn.execute(statement, row).first()
+        if inserted is None and idempotency_key is not None:
+            # The key was used before (perhaps by a request racing this one, whose row
+            # ON CONFLICT waited for): that event wins, if the session is still live.
+            existing = conn.execute(
+                _EVENT_ID_FOR_KEY,
+                {"user_id": credentials.user_id, "idempotency_key": idempotency_key},
+            ).scalar()
+    if inserted is None:
+        check_session(credentials)  # says why (401) when the session is what stopped the insert
+        if existing is None:
+            raise ApiError(401, "token_revoked", "the token has been revoked; log in again")
+        return existing, False
     event_id = row["id"]
     # The row is committed: from here on, losing the queue message only delays the event.
     get_queue().enqueue([event_id], ingested=1)
@@ -175,7 +229,14 @@ def list_attempts(event_id: uuid.UUID) -> list[EventAttempt]:
 def _positive_int(raw: str | None, name: str, default: int, maximum: int | None = None) -> int:
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or int(raw) < 1 or (maximum is not None and int(raw) > maximum):
+    # isdigit() alone admits digits int() refuses ("²"), and int() refuses numbers of more
+    # than 4,300 digits: either would be a 500 instead of a 400.
+    if (
+        not (raw.isascii() and raw.isdigit())
+        or len(raw) > 18
+        or int(raw) < 1
+        or (maximum is not None and int(raw) > maximum)
+    ):
         bound = f" and at most {maximum}" if maximum else ""
         raise ApiError(400, f"invalid_{name}", f"{name} must be a whole number >= 1{bound}")
     return int(raw)
@@ -195,15 +256,52 @@ def list_events(
     viewer: Viewer,
     *,
     page: str | None = None,
+    cursor: str | None = None,
     limit: str | None = None,
     status: str | None = None,
     event_type: str | None = None,
     user: str | None = None,
     event_id: str | None = None,
 ) -> Page:
-    """Newest first; own events, or every event for admins (who may also filter by user)."""
-    page_no = _positive_int(page, "page", 1, maximum=10_000_000)
+    """Newest first; own events, or every event for admins (who may also filter by user).
+
+    By page number (with the total) at most MAX_PAGE_DEPTH rows deep, or after a cursor at
+    any depth and without counting; an empty cursor starts a walk at the newest event.
+    """
     size = _positive_int(limit, "limit", DEFAULT_LIMIT, maximum=MAX_LIMIT)
+    if cursor is not None and page:
+        raise ApiError(
+            400, "page_and_cursor", "use page or cursor, not both: a cursor says where pages go on"
+        )
+    page_no = _page_number(page, size) if cursor is None else None
+    after = _decode_cursor(cursor) if cursor else None
+    conditions = _listing_conditions(viewer, status, event_type, user, event_id)
+    newest_first = (
+        select(Event)
+        .where(*conditions)
+        .order_by(Event.created_at.desc(), Event.id.desc())
+        .limit(size + 1)  # the extra row only tells whether there is a next page
+    )
+    if page_no is None:
+        if after is not None:
+            # Keyset: strictly older than the last item returned. Events ingested meanwhile
+            # are newer, so they can neither shift nor repeat what the rest of the walk sees;
+            # the row value is an index range on the (…, created_at) indexes.
+            newest_first = newest_first.where(tuple_(Event.created_at, Event.id) < after)
+        return _page_of(list(db.session.scalars(newest_first)), size)
+    total = db.session.scalar(select(func.count()).select_from(Event).where(*conditions))
+    rows = db.session.scalars(newest_first.offset((page_no - 1) * size))
+    return _page_of(list(rows), size, page=page_no, total=total or 0)
+
+
+def _listing_conditions(
+    viewer: Viewer,
+    status: str | None,
+    event_type: str | None,
+    user: str | None,
+    event_id: str | None,
+) -> list:
+    """A listing's filters, the same by page and by cursor; 400 for a bad value."""
     conditions = []
     if not viewer.is_admin:
         conditions.append(Event.user_id == viewer.user_id)
@@ -218,15 +316,60 @@ def list_events(
         conditions.append(Event.user_id.in_(_user_ids_matching(user)))
     if event_id:
         conditions.append(Event.id == parse_event_id(event_id.strip()))
-    total = db.session.scalar(select(func.count()).select_from(Event).where(*conditions))
-    items = db.session.scalars(
-        select(Event)
-        .where(*conditions)
-        .order_by(Event.created_at.desc(), Event.id.desc())
-        .limit(size)
-        .offset((page_no - 1) * size)
-    )
-    return Page(items=list(items), page=page_no, limit=size, total=total or 0)
+    return conditions
+
+
+def _page_number(raw: str | None, size: int) -> int:
+    """The page asked for, if it lies within MAX_PAGE_DEPTH rows; else 400 page_too_deep."""
+    page_no = _positive_int(raw, "page", 1)
+    if page_no * size > MAX_PAGE_DEPTH:
+        raise ApiError(
+            400,
+            "page_too_deep",
+            f"page * limit may be at most {MAX_PAGE_DEPTH:,} (page {page_no:,} of {size} is "
+            "deeper): use ?cursor= with next_cursor from a previous page to go further",
+        )
+    return page_no
+
+
+def _page_of(rows: list[Event], size: int, **numbered: int) -> Page:
+    """A Page from up to size + 1 rows, with the cursor after its last item if more follow."""
+    items = rows[:size]
+    next_cursor = _encode_cursor(items[-1]) if len(rows) > size else None
+    return Page(items=items, limit=size, next_cursor=next_cursor, **numbered)
+
+
+# A cursor is the position of a page's last item, (created_at, id), base64url-encoded so that
+# clients treat it as opaque. It carries no filter and no user: every request applies its own,
+# so a hand-made cursor can only move within what the caller may already list.
+def _encode_cursor(event: Event) -> str:
+    return _cursor_text(event.created_at, event.id)
+
+
+def _cursor_text(moment: datetime, event_id: uuid.UUID) -> str:
+    raw = f"{moment.astimezone(UTC).isoformat()}|{event_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """(created_at, id) of a cursor this API issued; 400 invalid_cursor for anything else."""
+    try:
+        if len(cursor) > MAX_CURSOR_LENGTH:
+            raise ValueError(cursor)
+        padded = cursor + "=" * (-len(cursor) % 4)
+        moment_text, id_text = base64.urlsafe_b64decode(padded).decode().split("|")
+        moment, event_id = datetime.fromisoformat(moment_text), uuid.UUID(id_text)
+        # Only the exact text we issue: this refuses naive or non-UTC times, other spellings
+        # of the id, and the stray characters the lenient base64 decoder skips.
+        if moment.tzinfo is None or _cursor_text(moment, event_id) != cursor:
+            raise ValueError(cursor)
+    except (ValueError, OverflowError):
+        raise ApiError(
+            400,
+            "invalid_cursor",
+            "cursor is not one this API issued: pass next_cursor from the previous page unchanged",
+        ) from None
+    return moment, event_id
 
 
 def _user_ids_matching(user: str):

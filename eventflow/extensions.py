@@ -1,10 +1,14 @@
 """Extensions, created unbound here and bound to the app in create_app()."""
 
+from flask import current_app
 from flask_jwt_extended import JWTManager
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
 from flask_socketio import SocketIO
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf import CSRFProtect
+from sqlalchemy import Engine
 from sqlalchemy.orm import DeclarativeBase
 
 
@@ -17,3 +21,18 @@ migrate = Migrate()
 jwt = JWTManager()
 socketio = SocketIO()
 csrf = CSRFProtect()
+# Storage, key prefix and failure handling are set by eventflow.security.init_security.
+limiter = Limiter(key_func=get_remote_address)
+
+
+INGEST_ENGINE_KEY = "eventflow.ingest_engine"
+
+
+def ingest_engine() -> Engine:
+    """The ingest hot path's engine: autocommit connections, created in create_app().
+
+    A separate engine rather than `isolation_level` per connection: the pool would reset that
+    option at check-in, and on a connection PostgreSQL has dropped the reset raises outside
+    SQLAlchemy's error handling (a 500 instead of a 503) and loses the pool slot.
+    """
+    return current_app.extensions[INGEST_ENGINE_KEY]

@@ -80,10 +80,24 @@ class User(db.Model):
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16), default=Role.USER.value, server_default="user")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Every token carries the generation it was issued in; bumping it (a password change)
+    # revokes all of the user's tokens and dashboard sessions at once.
+    token_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     @property
     def is_admin(self) -> bool:
         return self.role == Role.ADMIN.value
+
+
+class RevokedToken(db.Model):
+    """A logged-out session: its refresh token's id, which every access token of it carries."""
+
+    __tablename__ = "revoked_tokens"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    # Kept until the session could no longer be used anyway, then pruned.
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
 
 class Event(db.Model):

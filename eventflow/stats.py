@@ -61,9 +61,10 @@ class RedisStats:
         self.add_to(pipe, counts, latencies_ms)
         pipe.execute()
 
-    def read(self, now: int) -> tuple[list[dict], dict, list[float]]:
+    def read(self, now: int, span: int = HISTORY_SECONDS) -> tuple[list[dict], dict, list[float]]:
+        """(the `span` whole seconds before `now`, totals, recent latencies)."""
         pipe = self.redis.pipeline(transaction=False)
-        seconds = range(now - HISTORY_SECONDS, now)
+        seconds = range(now - span, now)
         for second in seconds:
             pipe.hgetall(f"{_KEY}:s:{second}")
         pipe.hgetall(f"{_KEY}:totals")
@@ -99,10 +100,11 @@ class DatabaseStats:
             db.session.rollback()
             logger.warning("could not record stats %s", counts, exc_info=True)
 
-    def read(self, now: int) -> tuple[list[dict], dict, list[float]]:
+    def read(self, now: int, span: int = HISTORY_SECONDS) -> tuple[list[dict], dict, list[float]]:
+        """(the `span` whole seconds before `now`, totals, recent latencies)."""
         rows = db.session.execute(
             select(StatBucket.second, StatBucket.metric, StatBucket.count).where(
-                StatBucket.second >= now - HISTORY_SECONDS, StatBucket.second < now
+                StatBucket.second >= now - span, StatBucket.second < now
             )
         ).all()
         by_second: dict[int, dict[str, int]] = {}
@@ -110,7 +112,7 @@ class DatabaseStats:
             by_second.setdefault(row.second, {})[row.metric] = row.count
         series = [
             {"t": s, **{m: by_second.get(s, {}).get(m, 0) for m in METRICS}}
-            for s in range(now - HISTORY_SECONDS, now)
+            for s in range(now - span, now)
         ]
         totals = dict(
             db.session.execute(
@@ -128,10 +130,16 @@ class DatabaseStats:
         return series, totals, latencies
 
 
-def snapshot(stats, *, now: float | None = None) -> dict:
-    """The `stats` payload the dashboard shows: rates, totals, backlog, latency, workers."""
+def snapshot(stats, *, now: float | None = None, history: bool = True) -> dict:
+    """The `stats` payload the dashboard shows: rates, totals, backlog, latency, workers.
+
+    `point` is the chart's newest point (the last whole second); `series`, the chart's whole
+    five minutes, only comes with `history` (a client needs it once, when it connects).
+    """
     now_s = int(now if now is not None else time.time())
-    series, totals, latencies = stats.read(now_s)
+    series, totals, latencies = stats.read(
+        now_s, HISTORY_SECONDS if history else RATE_WINDOW_SECONDS
+    )
     window = series[-RATE_WINDOW_SECONDS:]
     rates = {
         f"{m}_per_s": round(sum(b[m] for b in window) / RATE_WINDOW_SECONDS, 2) for m in METRICS
@@ -149,7 +157,7 @@ def snapshot(stats, *, now: float | None = None) -> dict:
     )
     db.session.rollback()
     latencies.sort()
-    return {
+    payload = {
         **rates,
         "queue_depth": counts.get("PENDING", 0) + counts.get("RETRYING", 0),
         "processing": counts.get("PROCESSING", 0),
@@ -161,6 +169,9 @@ def snapshot(stats, *, now: float | None = None) -> dict:
             "p99": percentile(latencies, 0.99),
         },
         "workers": workers or 0,
-        "series": series,
+        "point": series[-1],
         "at": now_s,
     }
+    if history:
+        payload["series"] = series
+    return payload

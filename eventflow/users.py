@@ -1,4 +1,4 @@
-"""Use cases for accounts: register, authenticate, create from the CLI."""
+"""Use cases for accounts: register, authenticate, change password or role, delete."""
 
 from __future__ import annotations
 
@@ -6,17 +6,16 @@ import functools
 import secrets
 import uuid
 from collections.abc import Iterable
-from datetime import timedelta
 
 from email_validator import EmailNotValidError, validate_email
-from flask_jwt_extended import create_access_token
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from .errors import ApiError
 from .extensions import db
-from .models import Role, User
+from .models import Event, Role, User
+from .tokens import revoke_all_sessions
 
 MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024
@@ -92,14 +91,45 @@ def authenticate(email: object, password: object) -> User:
     return user
 
 
-def issue_token(user: User, expires_seconds: float) -> dict:
-    """An access token for the user, with the role as a claim so routes need no lookup."""
-    token = create_access_token(
-        identity=str(user.id),
-        additional_claims={"role": user.role},
-        expires_delta=timedelta(seconds=expires_seconds),
-    )
-    return {"access_token": token, "token_type": "Bearer", "expires_in": int(expires_seconds)}
+def change_password(user_id: uuid.UUID, current: object, new: object) -> None:
+    """Set a new password after checking the current one; every token of the user is revoked."""
+    user = db.session.get(User, user_id)
+    if user is None:
+        raise ApiError(401, "invalid_token", "the token's user no longer exists")
+    if not isinstance(current, str) or not check_password_hash(user.password_hash, current):
+        raise ApiError(403, "invalid_credentials", "the current password is wrong")
+    user.password_hash = generate_password_hash(check_password(new))
+    revoke_all_sessions(user.id)
+    db.session.commit()
+
+
+def parse_role(raw: object) -> str:
+    if raw not in {role.value for role in Role}:
+        allowed = ", ".join(role.value for role in Role)
+        raise ApiError(400, "invalid_role", f"role must be one of {allowed}")
+    return str(raw)
+
+
+def set_role(email: str, role: object) -> User:
+    """Give the user another role; it applies to their tokens and sessions on the next request."""
+    wanted = parse_role(role)
+    user = find_user_by_email(email)
+    if user is None:
+        raise ApiError(404, "user_not_found", f"no user with email {email!r}")
+    user.role = wanted
+    db.session.commit()
+    return user
+
+
+def delete_user(email: str) -> int:
+    """Delete the user and their events; their tokens stop working at once. Returns the events."""
+    user = find_user_by_email(email)
+    if user is None:
+        raise ApiError(404, "user_not_found", f"no user with email {email!r}")
+    removed = db.session.execute(delete(Event).where(Event.user_id == user.id)).rowcount
+    db.session.delete(user)
+    db.session.commit()
+    return removed
 
 
 def ensure_admin(email: str) -> tuple[User, str | None]:
@@ -109,15 +139,6 @@ def ensure_admin(email: str) -> tuple[User, str | None]:
         return existing, None
     password = secrets.token_urlsafe(12)
     return create_user(email, password, admin=True), password
-
-
-def get_user(raw_id: object) -> User | None:
-    """The user with this id (e.g. a string from the session), or None."""
-    try:
-        user_id = uuid.UUID(str(raw_id))
-    except ValueError:
-        return None
-    return db.session.get(User, user_id)
 
 
 def user_emails(user_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str]:

@@ -162,7 +162,7 @@ def test_a_token_accepted_before_is_refused_once_it_expires(client, app, make_us
     with app.app_context():
         token = create_access_token(
             identity=str(user.id),
-            additional_claims={"role": "user"},
+            additional_claims={"role": "user", "sid": "s1", "gen": 0},
             expires_delta=timedelta(seconds=1),
         )
     headers = {"Authorization": f"Bearer {token}"}

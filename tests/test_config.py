@@ -27,6 +27,7 @@ def test_durations_accept_fractions_and_urls_are_normalised():
             "DATABASE_URL": "postgres://u@h/db",
             "REDIS_URL": "redis://127.0.0.1:6379/2",
             "EVENTFLOW_HANDLERS": "a.b, c.d ,",
+            "EVENTFLOW_ENV": "development",
         }
     )
     assert settings.retry_base_seconds == 0.2
@@ -50,6 +51,12 @@ def test_durations_accept_fractions_and_urls_are_normalised():
         ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
         ({"REDIS_URL": "http://x"}, "REDIS_URL"),
         ({"EVENTFLOW_ENV": "staging"}, "EVENTFLOW_ENV"),
+        ({"EVENTFLOW_RATE_LIMIT_LOGIN": "10 per minute"}, "EVENTFLOW_RATE_LIMIT_LOGIN"),
+        ({"EVENTFLOW_RATE_LIMIT_INGEST": "0/second"}, "EVENTFLOW_RATE_LIMIT_INGEST"),
+        ({"EVENTFLOW_RATE_LIMIT_REGISTER": "5/day"}, "EVENTFLOW_RATE_LIMIT_REGISTER"),
+        ({"EVENTFLOW_PROXY_HOPS": "-1"}, "EVENTFLOW_PROXY_HOPS"),
+        ({"EVENTFLOW_SOCKET_AUTH_TIMEOUT_SECONDS": "never"}, "EVENTFLOW_SOCKET_AUTH_TIMEOUT"),
+        ({"JWT_REFRESH_TOKEN_EXPIRES_SECONDS": "0"}, "JWT_REFRESH_TOKEN_EXPIRES_SECONDS"),
     ],
 )
 def test_bad_values_are_refused_naming_the_setting(env, named):
@@ -69,6 +76,35 @@ def test_bad_values_are_refused_naming_the_setting(env, named):
 def test_production_refuses_missing_default_or_short_secrets(secrets):
     with pytest.raises(ConfigError, match="SECRET_KEY"):
         load_settings({"EVENTFLOW_ENV": "production", **secrets})
+
+
+@pytest.mark.parametrize("secrets", [{}, {"SECRET_KEY": STRONG, "JWT_SECRET_KEY": "short"}])
+def test_a_server_database_without_an_explicit_environment_is_production(secrets):
+    # Only explicit development (or the embedded default) may run on the public dev secrets.
+    with pytest.raises(ConfigError, match="SECRET_KEY"):
+        load_settings({"DATABASE_URL": "postgresql://u@h/db", **secrets})
+
+
+@pytest.mark.parametrize("env", ["development", "test"])
+def test_explicit_development_may_use_the_default_secrets(env):
+    settings = load_settings({"DATABASE_URL": "postgresql://u@h/db", "EVENTFLOW_ENV": env})
+    assert settings.env == env and not settings.production
+
+
+def test_the_embedded_default_is_development():
+    assert load_settings({}).env == "development"
+
+
+def test_security_settings_have_the_contract_defaults():
+    settings = load_settings({})
+    assert settings.rate_limit_login == "10/minute"
+    assert settings.rate_limit_register == "20/hour"
+    assert settings.rate_limit_ingest is None
+    assert settings.proxy_hops == 0
+    assert settings.socket_auth_timeout_seconds == 10
+    assert settings.session_idle_seconds == 1800 and settings.session_max_seconds == 12 * 3600
+    tuned = load_settings({"EVENTFLOW_RATE_LIMIT_INGEST": " 500 / second "})
+    assert tuned.rate_limit_ingest == "500/second"
 
 
 def test_production_starts_with_real_secrets():

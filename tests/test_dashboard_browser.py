@@ -2,7 +2,8 @@
 
 Screenshots of every page land in test-artifacts/dashboard/ (plus the last view of each test).
 Tests list `page` after the server fixtures, so the tab (and its WebSocket) closes before
-the server stops.
+the server stops. Every tab fails its test on a JavaScript error or on anything the pages'
+Content-Security-Policy blocks (inline script, inline style, eval, another origin).
 """
 
 from __future__ import annotations
@@ -33,6 +34,18 @@ CHROMIUM_ARGS = [
 PASSWORD = "correct-horse"
 # The issue's promise: tiles and chart move within 2 s of an ingest.
 LIVE_UPDATE_MS = 2_000
+CHART_SECONDS = 300  # the overview chart's five minutes
+# Runs before the page's own scripts in every document of the tab; the browser reports every
+# Content-Security-Policy block as this event (and on the console).
+REPORT_CSP_VIOLATIONS = """
+document.addEventListener("securitypolicyviolation", (event) => {
+  window.reportCspViolation(
+    `${event.effectiveDirective} blocked ${event.blockedURI || "inline"}` +
+      ` in ${event.sourceFile || document.location.pathname}:${event.lineNumber}` +
+      (event.sample ? ` (${event.sample})` : "")
+  );
+});
+"""
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +65,26 @@ def browser():
 def page(browser, request):
     """A fresh browser tab (own cookies) on a laptop-sized screen."""
     context = browser.new_context(viewport={"width": 1366, "height": 860})
+    violations: list[str] = []
+
+    def on_violation(report: str) -> None:
+        violations.append(report)
+
+    def on_console(message) -> None:
+        if "Content Security Policy" in message.text:
+            violations.append(message.text)
+
+    context.expose_function("reportCspViolation", on_violation)
+    context.add_init_script(REPORT_CSP_VIOLATIONS)
     tab = context.new_page()
     errors: list[str] = []
     tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    tab.on("console", on_console)
     yield tab
     tab.screenshot(path=ARTIFACTS / f"last-{request.node.name}.png", full_page=True)
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+    assert not violations, f"Content-Security-Policy violations: {violations}"
 
 
 @pytest.fixture
@@ -162,6 +188,46 @@ def test_admin_logs_in_and_sees_tiles_and_chart_move_as_events_arrive(
     expect(stat(page, "queue_depth")).to_have_text("0")
     expect(page.locator("#throughput-chart canvas")).to_be_visible()
     shot(page, "overview")
+
+
+def chart_seconds(page: Page) -> tuple[int, int]:
+    """The first and last second the throughput chart plots."""
+    chart = page.locator("#throughput-chart")
+    return int(chart.get_attribute("data-first-second")), int(
+        chart.get_attribute("data-last-second")
+    )
+
+
+def test_chart_moves_a_second_at_a_time_and_keeps_five_minutes(live_server, worker, admin, page):
+    log_in(page, live_server, admin.email)
+    expect(page.locator("#live-status")).to_have_text("Live")
+    expect(page.locator("#throughput-chart canvas")).to_be_visible()
+    first, last = chart_seconds(page)
+    assert last - first == CHART_SECONDS - 1
+
+    headers = api_headers(live_server, admin.email)
+    for n in range(3):
+        ingest(live_server, headers, "TEST_OK", {"n": n})
+    # The chart takes in the new seconds as they end, from the live feed alone...
+    expect(page.locator('[data-series-total="ingested"]')).to_have_text("3")
+    expect(page.locator("#throughput-chart")).not_to_have_attribute(
+        "data-last-second", str(last), timeout=LIVE_UPDATE_MS
+    )
+    page.wait_for_function(
+        "last => Number(document.getElementById('throughput-chart').dataset.lastSecond) >= last",
+        arg=last + 3,
+    )
+    # ... and drops as many old ones: still the last five minutes, one point a second.
+    moved_first, moved_last = chart_seconds(page)
+    assert moved_last - moved_first == CHART_SECONDS - 1
+    assert moved_first > first
+    expect(page.locator('[data-series-total="ingested"]')).to_have_text("3")
+    expect(page.locator('[data-series-total="processed"]')).to_have_text("3")
+
+    page.reload()  # the page's own history and the live feed's agree
+    expect(page.locator("#live-status")).to_have_text("Live")
+    expect(page.locator('[data-series-total="ingested"]')).to_have_text("3")
+    assert chart_seconds(page)[1] >= moved_last
 
 
 def test_failure_appears_in_the_dlq_live_and_replay_makes_it_processed(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from datetime import timedelta
@@ -11,6 +12,7 @@ import pytest
 import redis as redis_lib
 import requests
 import socketio
+import websocket
 from flask_jwt_extended import create_access_token
 
 from eventflow.dashboard.live import BroadcastLease
@@ -21,6 +23,9 @@ PASSWORD = "correct-horse"
 NAMESPACE = "/dashboard"
 RATES = ("ingested_per_s", "processed_per_s", "failed_per_s", "retried_per_s")
 TOTALS = ("ingested", "processed", "failed", "retried")
+HISTORY_SECONDS = 300  # the overview chart's five minutes
+MAX_LIVE_MESSAGE_BYTES = 2048  # CONTRACT section 9: every `stats` after the first
+AUTH_TIMEOUT_SECONDS = 1  # EVENTFLOW_SOCKET_AUTH_TIMEOUT_SECONDS for the impatient server
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +124,30 @@ def refused(url: str, live_client, **connect_args) -> LiveClient:
     return client
 
 
+def chart(client: LiveClient) -> list[dict]:
+    """The chart as the dashboard draws it: the first message's history plus each new point."""
+    history, *ticks = client.stats
+    points = {second["t"]: second for second in history["series"]}
+    for tick in ticks:
+        points[tick["point"]["t"]] = tick["point"]
+    newest = max(points)
+    return [points[t] for t in sorted(points) if t > newest - HISTORY_SECONDS]
+
+
+def assert_every_contract_field(stats: dict) -> None:
+    for key in (*RATES, "queue_depth", "dlq_size", "workers"):
+        assert isinstance(stats[key], int | float) and stats[key] >= 0, key
+    assert set(stats["totals"]) >= set(TOTALS)
+    assert all(isinstance(stats["totals"][key], int) for key in TOTALS)
+    assert set(stats["latency_ms"]) >= {"p50", "p95", "p99"}
+
+
+def wire_size(stats: dict) -> int:
+    """Bytes of the Socket.IO packet that carries this `stats` (as python-socketio encodes it)."""
+    packet = f"42{NAMESPACE}," + json.dumps(["stats", stats], separators=(",", ":"))
+    return len(packet.encode())
+
+
 def test_admin_receives_stats_with_every_contract_field(servers, worker, admin, live_client):
     url = servers[0]
     token = api_token(url, admin.email)
@@ -134,11 +163,11 @@ def test_admin_receives_stats_with_every_contract_field(servers, worker, admin, 
 
     def settled(client):
         latest = client.stats[-1] if client.stats else None
-        # Totals count the current second; the chart's series only whole past seconds.
+        # Totals count the current second; the chart only whole past seconds.
         done = (
             latest
             and latest["totals"]["processed"] == 3
-            and sum(second["ingested"] for second in latest["series"]) == 3
+            and sum(second["ingested"] for second in chart(client)) == 3
             and latest["workers"] >= 1
         )
         return latest if done else None
@@ -146,19 +175,50 @@ def test_admin_receives_stats_with_every_contract_field(servers, worker, admin, 
     stats = wait_for(lambda: settled(by_token), message="stats showing 3 processed events")
     wait_for(lambda: settled(by_cookie), message="the cookie client to get the same stats")
 
-    for key in (*RATES, "queue_depth", "dlq_size", "workers"):
-        assert isinstance(stats[key], int | float) and stats[key] >= 0, key
+    assert_every_contract_field(stats)
     assert {k: stats["totals"][k] for k in TOTALS} == {
         "ingested": 3,
         "processed": 3,
         "failed": 0,
         "retried": 0,
     }
-    assert set(stats["latency_ms"]) >= {"p50", "p95", "p99"}
     assert 0 <= stats["latency_ms"]["p50"] <= stats["latency_ms"]["p95"]
     assert stats["latency_ms"]["p95"] <= stats["latency_ms"]["p99"]
     assert stats["queue_depth"] == 0 and stats["dlq_size"] == 0
-    assert len(stats["series"]) == 300  # the chart's last five minutes, a point a second
+    assert len(chart(by_token)) == HISTORY_SECONDS  # the last five minutes, a point a second
+
+
+def test_first_stats_brings_the_chart_history_and_later_ones_one_small_point(
+    servers, worker, admin, live_client
+):
+    url = servers[0]
+    token = api_token(url, admin.email)
+    headers = {"Authorization": f"Bearer {token}"}
+    client = live_client().connect(url, auth={"token": token})
+    for n in range(4):
+        response = requests.post(
+            f"{url}/api/v1/events", json={"type": "TEST_OK", "payload": {"n": n}}, headers=headers
+        )
+        assert response.status_code == 202
+    wait_for(
+        lambda: len(client.stats) >= 4 and sum(s["ingested"] for s in chart(client)) == 4,
+        timeout=15,
+        message="the history and three ticks, the chart counting all 4 events",
+    )
+
+    first, *later = client.stats
+    seconds = [second["t"] for second in first["series"]]
+    assert seconds == list(range(first["at"] - HISTORY_SECONDS, first["at"]))
+    assert_every_contract_field(first)
+    for stats in later:
+        assert "series" not in stats, "the history is sent once, not every second"
+        assert_every_contract_field(stats)
+        assert stats["point"]["t"] == stats["at"] - 1  # the second that just ended
+        assert set(stats["point"]) >= {"t", *TOTALS}
+        assert wire_size(stats) <= MAX_LIVE_MESSAGE_BYTES, stats
+    # One new point a second, following on from the history.
+    assert [s["at"] for s in later] == sorted({s["at"] for s in later})
+    assert later[0]["point"]["t"] > seconds[-1]
 
 
 def test_non_admins_anonymous_and_forged_clients_are_refused(
@@ -226,3 +286,84 @@ def test_lease_lets_one_process_broadcast_at_a_time(app, redis_url):
     redis.pexpire("test:lease", 1)  # the holder died and its lease ran out
     wait_for(lambda: redis.exists("test:lease") == 0, timeout=5)
     assert first.hold()
+
+
+@pytest.fixture
+def impatient_server(app, start_server):
+    """Factory: impatient_server(worker_class=None) -> URL of a one-worker gunicorn that closes
+    connections not authenticated within AUTH_TIMEOUT_SECONDS."""
+
+    def start(worker_class: str | None = None) -> str:
+        env = {
+            "GUNICORN_WORKERS": "1",
+            "EVENTFLOW_SOCKET_AUTH_TIMEOUT_SECONDS": str(AUTH_TIMEOUT_SECONDS),
+        }
+        if worker_class:
+            env["GUNICORN_WORKER_CLASS"] = worker_class
+        return start_server(**env)
+
+    return start
+
+
+def raw_websocket(url: str) -> websocket.WebSocket:
+    """A bare Engine.IO WebSocket, as any script can open one: handshake read, nothing sent."""
+    ws = websocket.create_connection(
+        url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket", timeout=10
+    )
+    assert ws.recv().startswith("0{"), "the Engine.IO handshake"
+    return ws
+
+
+def closed_by_server(ws: websocket.WebSocket, within: float) -> bool:
+    """Read until the server closes the connection; False if it is still open after `within`."""
+    deadline = time.monotonic() + within
+    while (left := deadline - time.monotonic()) > 0:
+        ws.settimeout(left)
+        try:
+            if not ws.recv():  # the close frame
+                return True
+        except websocket.WebSocketTimeoutException:
+            return False
+        except (websocket.WebSocketConnectionClosedException, ConnectionError):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("worker_class", [None, "gthread"], ids=["gevent", "threads"])
+def test_unauthenticated_websockets_are_closed_after_the_auth_timeout(
+    impatient_server, worker_class, make_user
+):
+    url = impatient_server(worker_class)
+    silent = raw_websocket(url)  # never joins a namespace
+    anonymous = raw_websocket(url)
+    anonymous.send("40/dashboard,")  # joins /dashboard without credentials: refused
+    assert anonymous.recv().startswith("44/dashboard,"), "the refusal"
+    as_user = raw_websocket(url)
+    token = api_token(url, make_user().email)
+    as_user.send("40/dashboard," + json.dumps({"token": token}))  # not an admin: refused
+    assert as_user.recv().startswith("44/dashboard,"), "the refusal"
+    default_namespace = raw_websocket(url)
+    default_namespace.send("40")  # the default namespace needs no login, but is no login either
+    assert default_namespace.recv().startswith("40"), "joined /"
+
+    margin = 5
+    for name, ws in [
+        ("silent", silent),
+        ("anonymous", anonymous),
+        ("non-admin", as_user),
+        ("default namespace", default_namespace),
+    ]:
+        assert closed_by_server(ws, AUTH_TIMEOUT_SECONDS + margin), f"{name} is still open"
+        ws.close()
+
+
+def test_admin_stays_connected_past_the_auth_timeout(impatient_server, admin, live_client):
+    url = impatient_server()
+    client = live_client().connect(url, auth={"token": api_token(url, admin.email)})
+    connected_at = time.time()
+    wait_for(
+        lambda: any(s["at"] > connected_at + 3 * AUTH_TIMEOUT_SECONDS for s in client.stats),
+        timeout=15,
+        message="stats still arriving well after the auth timeout",
+    )
+    assert client.sio.connected

@@ -314,6 +314,29 @@ def test_unknown_event_is_a_404_page(admin_client):
     assert "Not found" in response.get_data(as_text=True)
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"HX-Request": "true"},
+        {"HX-Request": "true", "HX-History-Restore-Request": "true"},
+        {"X-Requested-With": "XMLHttpRequest"},
+    ],
+    ids=["page", "htmx", "htmx-history-restore", "script"],
+)
+def test_unknown_event_id_in_the_url_is_never_sent_back_as_markup(admin_client, headers):
+    tag = "<img src=x onerror=alert(1)>"
+    response = admin_client.get(f"/dashboard/events/{tag}", headers=headers)
+    assert response.status_code == 404
+    body = response.get_data(as_text=True)
+    if response.mimetype == "text/html":
+        assert tag not in body  # shown as text: escaped
+        assert "&lt;img src=x onerror=alert(1)&gt;" in body
+    else:  # a status for scripts: plain text, which no browser renders as a page
+        assert response.mimetype == "text/plain"
+        assert f"no event with id '{tag}'" in body
+
+
 # --- replay ----------------------------------------------------------------------------------
 
 

@@ -1,8 +1,10 @@
-"""The deployment files name real entry points: docker-compose.yml, Dockerfile, deploy/nginx.conf.
+"""The deployment files name real entry points: docker-compose.yml, Dockerfile, deploy/*.conf.
 
 No Docker engine runs here, so the files are checked against the app itself: every command a
 container runs is a real command of this checkout, every variable compose gives the app is one
-it reads, and the containers' exact environment passes the app's production start-up checks.
+it reads, the containers' exact environment passes the app's production start-up checks, the
+image's own environment without secrets does not, and compose's Redis command line, run by the
+real redis-server, lets in only clients that know the password. tests/test_nginx.py runs nginx.
 """
 
 from __future__ import annotations
@@ -15,22 +17,26 @@ import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+import redis as redis_lib
 import yaml
 
 from eventflow.config import ENVIRONMENT_VARIABLES, load_settings
+from tests.conftest import Process, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 APP_SERVICES = ("migrate", "web", "worker")
-# What an operator puts in .env; compose must refuse to start without the first three.
+# What an operator puts in .env; compose must refuse to start without any of them.
 DOT_ENV = {
     "SECRET_KEY": "s" * 64,
     "JWT_SECRET_KEY": "j" * 64,
     "POSTGRES_PASSWORD": "0123456789abcdef",
+    "REDIS_PASSWORD": "fedcba9876543210",
 }
 _VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|\$")
 
@@ -108,6 +114,33 @@ def command(name: str) -> list[str]:
     return shlex.split(value) if isinstance(value, str) else [str(part) for part in value]
 
 
+def strings_in(node) -> Iterator[str]:
+    """Every string in a piece of the compose file: commands, environments, healthchecks."""
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, Mapping):
+        for value in node.values():
+            yield from strings_in(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from strings_in(value)
+
+
+def nginx_conf(name: str) -> str:
+    """deploy/<name> with every `include` replaced by the file it names (all in deploy/)."""
+    text = (ROOT / "deploy" / name).read_text()
+    return re.sub(
+        r"^\s*include\s+([\w.-]+);",
+        lambda match: (ROOT / "deploy" / match.group(1)).read_text(),
+        text,
+        flags=re.M,
+    )
+
+
+def nginx_includes(name: str) -> list[str]:
+    return re.findall(r"^\s*include\s+(\S+);", (ROOT / "deploy" / name).read_text(), re.M)
+
+
 def run_as_container(name: str, args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     """Run args from this checkout with only the service's container environment."""
     env = {key: os.environ[key] for key in ("PATH", "HOME", "LANG") if key in os.environ}
@@ -179,7 +212,7 @@ def test_postgres_keeps_its_data_in_a_named_volume_and_has_a_pg_isready_healthch
     assert "pg_isready" in postgres["healthcheck"]["test"]
 
 
-def test_redis_runs_with_append_only_persistence_on_a_volume_and_a_ping_healthcheck():
+def test_redis_runs_with_append_only_persistence_on_a_volume():
     redis = SERVICES["redis"]
     argv = command("redis")
     assert argv[0] == "redis-server"
@@ -187,7 +220,66 @@ def test_redis_runs_with_append_only_persistence_on_a_volume_and_a_ping_healthch
     mounts = dict(volume.split(":", 1) for volume in redis["volumes"])
     assert mounts.get("redis-data") == "/data"
     assert "redis-data" in COMPOSE["volumes"]
-    assert redis["healthcheck"]["test"][-2:] == ["redis-cli", "ping"]
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_every_redis_url_carries_the_redis_password(name):
+    url = urlsplit(container_environment(name)["REDIS_URL"])
+    assert (url.hostname, url.port) == ("redis", 6379)
+    assert url.password == DOT_ENV["REDIS_PASSWORD"]
+
+
+@pytest.fixture
+def compose_redis(tmp_path):
+    """compose's redis-server command line, run for real on a free local port."""
+    port = free_port()
+    argv = [interpolate(arg, DOT_ENV) for arg in command("redis")]
+    local = ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path), "--save", ""]
+    proc = Process([*argv, *local], os.environ.copy(), tmp_path / "redis.log")
+
+    def answers() -> bool:
+        if proc.proc.poll() is not None:
+            pytest.fail(f"redis-server exited:\n{proc.output()}")
+        try:
+            with redis_lib.Redis(port=port) as client:
+                client.ping()
+        except redis_lib.AuthenticationError:  # a ConnectionError too: catch it first
+            return True
+        except redis_lib.ConnectionError:
+            return False
+        pytest.fail("redis-server answered a client without the password")
+
+    wait_for(answers, message="redis-server to start")
+    yield port
+    proc.stop()
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_redis_lets_in_only_clients_with_the_password_every_app_service_has(name, compose_redis):
+    with redis_lib.Redis(port=compose_redis) as anonymous:
+        with pytest.raises(redis_lib.AuthenticationError):
+            anonymous.ping()
+    url = container_environment(name)["REDIS_URL"].replace(
+        "@redis:6379", f"@127.0.0.1:{compose_redis}"
+    )
+    with redis_lib.Redis.from_url(url) as client:
+        assert client.ping() is True
+
+
+def test_redis_healthcheck_authenticates_and_fails_without_the_password(compose_redis):
+    kind, script = SERVICES["redis"]["healthcheck"]["test"]
+    assert kind == "CMD-SHELL"
+    # The container's redis-cli talks to its own server on the default port: point it at ours.
+    script = script.replace("redis-cli", f"redis-cli -p {compose_redis}")
+    environment = {
+        key: interpolate(value, DOT_ENV)
+        for key, value in (SERVICES["redis"].get("environment") or {}).items()
+    }
+    path = {"PATH": os.environ["PATH"]}
+    healthy = subprocess.run(["sh", "-c", script], env={**path, **environment}, timeout=60)
+    assert healthy.returncode == 0
+    unhealthy = subprocess.run(["sh", "-c", script], env=path, capture_output=True, timeout=60)
+    assert unhealthy.returncode != 0
 
 
 def test_migrate_runs_db_upgrade_once_after_postgres_is_healthy():
@@ -261,6 +353,17 @@ def test_environment_variables_lists_every_name_load_settings_reads():
     assert env.read | production.read == set(ENVIRONMENT_VARIABLES)
 
 
+def test_web_trusts_exactly_one_proxy_hop_nginx():
+    assert service_environment("web")["EVENTFLOW_PROXY_HOPS"] == "1"
+    assert load_settings(container_environment("web")).proxy_hops == 1
+    # ...and nginx overwrites what the app then trusts: the scheme, and its own last hop.
+    for site in ("nginx.conf", "nginx-tls.conf"):
+        conf = nginx_conf(site)
+        assert "proxy_set_header X-Forwarded-Proto $scheme;" in conf
+        assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in conf
+        assert "proxy_set_header X-Forwarded-Host $http_host;" in conf
+
+
 @pytest.mark.parametrize("name", APP_SERVICES)
 def test_compose_gives_the_app_only_variables_it_reads(name):
     read = set(ENVIRONMENT_VARIABLES) | variables_read_by(ROOT / "gunicorn.conf.py")
@@ -283,13 +386,51 @@ def test_app_containers_run_in_production_and_pass_its_start_up_checks(name):
     assert settings.database_url.startswith("postgresql://") and settings.redis_url
 
 
-@pytest.mark.parametrize("secret", ["SECRET_KEY", "JWT_SECRET_KEY", "POSTGRES_PASSWORD"])
+@pytest.mark.parametrize("secret", list(DOT_ENV))
 def test_compose_refuses_to_start_without_each_secret(secret):
     dot_env = {**DOT_ENV, secret: ""}
-    values = [value for name in SERVICES for value in service_environment(name).values()]
     with pytest.raises(MissingVariable, match=secret):
-        for value in values:
+        for value in strings_in(SERVICES):
             interpolate(value, dot_env)
+
+
+def test_env_example_lists_every_secret_compose_requires():
+    names = {
+        line.split("=", 1)[0]
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    }
+    assert set(DOT_ENV) <= names
+
+
+def test_the_image_defaults_to_production():
+    assert dockerfile_env()["EVENTFLOW_ENV"] == "production"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+@pytest.mark.parametrize(
+    "given",
+    [
+        {},
+        {"DATABASE_URL": "postgresql://eventflow@postgres/eventflow", "REDIS_URL": "redis://redis"},
+    ],
+    ids=["docker-run-bare", "docker-run-with-urls"],
+)
+def test_the_image_without_secrets_refuses_to_start_naming_the_missing_one(name, given, tmp_path):
+    # `docker run eventflow [command]` with no secret: only the image's ENV and what is given.
+    env = {key: os.environ[key] for key in ("PATH", "HOME", "LANG") if key in os.environ}
+    env.update(dockerfile_env(), **given, EVENTFLOW_INSTANCE_PATH=str(tmp_path))
+    env["GUNICORN_BIND"] = f"127.0.0.1:{free_port()}"  # the image's 0.0.0.0:5000 may be taken here
+    argv = command(name)
+    proc = Process([str(BIN / argv[0]), *argv[1:]], env, tmp_path / "output.log")
+    try:
+        # A server that keeps running (or keeps restarting its workers) did not refuse.
+        exited = proc.proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"{name} kept running without secrets:\n{proc.output()[-2000:]}")
+    assert exited != 0
+    assert "SECRET_KEY" in proc.output()
 
 
 def test_dockerfile_installs_requirements_and_runs_as_a_non_root_user():
@@ -314,12 +455,35 @@ def test_dockerignore_keeps_the_virtualenv_instance_data_and_secrets_out_of_the_
     assert {".venv", "instance", ".env", ".git"} <= patterns
 
 
-def test_nginx_balances_over_web_stickily_and_upgrades_socket_io():
-    conf = (ROOT / "deploy" / "nginx.conf").read_text()
+def test_nginx_site_and_every_file_it_includes_are_mounted_where_nginx_looks():
     mounts = [volume.split(":") for volume in SERVICES["nginx"]["volumes"]]
     assert ["./deploy/nginx.conf", "/etc/nginx/conf.d/default.conf", "ro"] in mounts
+    # A relative include is resolved against the main file's directory, /etc/nginx.
+    assert nginx_includes("nginx.conf")
+    for name in nginx_includes("nginx.conf"):
+        assert [f"./deploy/{name}", f"/etc/nginx/{name}", "ro"] in mounts
+    # The TLS example serves the same locations from the same files.
+    assert nginx_includes("nginx-tls.conf") == nginx_includes("nginx.conf")
+
+
+@pytest.mark.parametrize("site", ["nginx.conf", "nginx-tls.conf"])
+def test_nginx_hides_its_version_and_limits_socket_io_connections_per_address(site):
+    conf = nginx_conf(site)
+    assert re.search(r"^\s*server_tokens\s+off;", conf, re.M)
+    zone = re.search(r"limit_conn_zone\s+\$binary_remote_addr\s+zone=(\w+):", conf)
+    assert zone
+    socket_io = re.search(r"location /socket\.io/ \{([^}]*)\}", conf).group(1)
+    limit = re.search(rf"^\s*limit_conn\s+{zone.group(1)}\s+(\d+);", socket_io, re.M)
+    assert limit and 1 <= int(limit.group(1)) <= 100
+    assert "limit_conn_status 429;" in socket_io
+    # Request rates are the app's to limit (per account, per user, shared through Redis).
+    assert not re.search(r"^\s*limit_req", conf, re.M)
+
+
+def test_nginx_balances_over_web_and_upgrades_socket_io():
+    conf = nginx_conf("nginx.conf")
     upstream = re.search(r"upstream\s+(\w+)\s*\{([^}]*)\}", conf)
-    assert upstream and re.search(r"^\s*ip_hash;", upstream.group(2), re.M)
+    assert upstream
     port = dockerfile_env()["GUNICORN_BIND"].rsplit(":", 1)[1]
     assert re.findall(r"^\s*server\s+([\w.:-]+)", upstream.group(2), re.M) == [f"web:{port}"]
     socket_io = re.search(r"location /socket\.io/ \{([^}]*)\}", conf).group(1)
@@ -331,11 +495,11 @@ def test_nginx_balances_over_web_stickily_and_upgrades_socket_io():
 
 
 def test_nginx_lets_bodies_over_one_mib_reach_the_app_and_answers_larger_ones_in_json():
-    conf = (ROOT / "deploy" / "nginx.conf").read_text()
+    conf = nginx_conf("nginx.conf")
     size = re.search(r"client_max_body_size\s+(\d+)([km]?);", conf)
     factor = {"": 1, "k": 1024, "m": 1024 * 1024}[size.group(2)]
     assert int(size.group(1)) * factor > 1024 * 1024
-    named = re.search(r"error_page 413 (@\w+);", conf).group(1)
-    fallback = re.search(rf"location {named} \{{([^}}]*)\}}", conf).group(1)
+    page = re.search(r"error_page 413 (\S+);", conf).group(1)
+    fallback = re.search(rf"location (?:= )?{re.escape(page)} \{{([^}}]*)\}}", conf).group(1)
     assert "default_type application/json;" in fallback
     assert re.search(r"return 413 '\{\"error\":\{\"code\":\"payload_too_large\"", fallback)

@@ -205,7 +205,9 @@ def test_ingest_answers_503_in_the_envelope_when_the_database_is_down(migrated, 
     dead = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
     app = create_app({**base_env, "DATABASE_URL": dead})
     with app.app_context():
-        token = create_access_token(identity=str(uuid.uuid4()), additional_claims={"role": "user"})
+        token = create_access_token(
+            identity=str(uuid.uuid4()), additional_claims={"role": "user", "sid": "s1", "gen": 0}
+        )
     response = app.test_client().post(
         "/api/v1/events",
         json={"type": "A", "payload": {}},

@@ -24,6 +24,7 @@ def list_dlq():
     page = events.list_events(
         current_viewer(),
         page=args.get("page"),
+        cursor=args.get("cursor"),
         limit=args.get("limit"),
         status=Status.FAILED.value,
         event_type=args.get("type"),

@@ -3,18 +3,19 @@
 from flask import request
 
 from .. import events
+from ..security import limit_ingest
 from . import bp
-from .inputs import bearer_required, current_viewer, json_body
+from .inputs import bearer_required, current_credentials, current_viewer, json_body
 from .serialize import event_to_dict, page_to_dict
 
 
 @bp.post("/events")
-@bearer_required
+@bearer_required(check_session=False)  # create_event's INSERT checks the session itself
+@limit_ingest
 def create_event():
-    viewer = current_viewer()
     key = events.check_idempotency_key(request.headers.get("Idempotency-Key"))
     event_type, payload = events.validate_event(json_body())
-    event_id, created = events.create_event(viewer, event_type, payload, key)
+    event_id, created = events.create_event(current_credentials(), event_type, payload, key)
     headers = {"Location": f"/api/v1/events/{event_id}"}
     return {"eventId": str(event_id), "status": "queued"}, 202 if created else 200, headers
 
@@ -32,6 +33,7 @@ def list_events():
     page = events.list_events(
         current_viewer(),
         page=args.get("page"),
+        cursor=args.get("cursor"),
         limit=args.get("limit"),
         status=args.get("status"),
         event_type=args.get("type"),

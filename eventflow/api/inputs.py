@@ -6,7 +6,6 @@ import functools
 import json
 import math
 import time
-import uuid
 from types import MappingProxyType
 
 from flask import current_app, g, request
@@ -14,6 +13,7 @@ from flask_jwt_extended import decode_token
 from flask_jwt_extended.exceptions import NoAuthorizationError, WrongTokenError
 from jwt import ExpiredSignatureError
 
+from .. import tokens
 from ..errors import ApiError
 from ..events import Viewer
 from ..models import Role
@@ -54,39 +54,55 @@ def _verified_claims(token: str, secret: str) -> MappingProxyType:
     return MappingProxyType(decode_token(token, allow_expired=True))
 
 
-def bearer_required(view):
-    """Require a valid, unexpired access token in `Authorization: Bearer …` (401 otherwise).
+def verified_claims(*token_types: str) -> MappingProxyType:
+    """The claims of the `Authorization: Bearer …` token: signed by us, unexpired, of a wanted type.
 
     Failures raise flask-jwt-extended's own exceptions, so its handlers give the envelope.
     """
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme != "Bearer" or not token.strip():
+        raise NoAuthorizationError("Missing 'Bearer <token>' Authorization header")
+    claims = _verified_claims(token.strip(), current_app.config["JWT_SECRET_KEY"])
+    if claims.get("type") not in token_types:
+        raise WrongTokenError(f"Only {' or '.join(token_types)} tokens are allowed")
+    if claims.get("exp", 0) <= time.time():
+        expired = ExpiredSignatureError("Signature has expired")
+        # flask-jwt-extended's handler for this error reads these, as its decoder sets them.
+        expired.jwt_header, expired.jwt_data = {}, dict(claims)
+        raise expired
+    return claims
 
-    @functools.wraps(view)
-    def wrapper(*args, **kwargs):
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme != "Bearer" or not token.strip():
-            raise NoAuthorizationError("Missing 'Bearer <token>' Authorization header")
-        claims = _verified_claims(token.strip(), current_app.config["JWT_SECRET_KEY"])
-        if claims.get("type") != "access":
-            raise WrongTokenError("Only access tokens are allowed")
-        if claims.get("exp", 0) <= time.time():
-            expired = ExpiredSignatureError("Signature has expired")
-            # flask-jwt-extended's handler for this error reads these, as its decoder sets them.
-            expired.jwt_header, expired.jwt_data = {}, dict(claims)
-            raise expired
-        g.token_claims = claims
-        return view(*args, **kwargs)
 
-    return wrapper
+def bearer_required(view=None, *, check_session: bool = True):
+    """Require a valid access token of a live session (401 otherwise).
+
+    The session check (user exists, not logged out, password unchanged; the current role) is one
+    primary-key lookup. `check_session=False` is for a view whose own statement makes that check
+    (ingest does it inside its INSERT): it must use current_credentials(), never current_viewer().
+    """
+
+    def decorate(view):
+        @functools.wraps(view)
+        def wrapper(*args, **kwargs):
+            g.credentials = tokens.credentials_from_claims(verified_claims("access"))
+            if check_session:
+                role = tokens.check_session(g.credentials)
+                g.viewer = Viewer(user_id=g.credentials.user_id, is_admin=role == Role.ADMIN.value)
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    return decorate(view) if view is not None else decorate
+
+
+def current_credentials() -> tokens.Credentials:
+    """The caller's session as the token states it (not yet checked against the database)."""
+    return g.credentials
 
 
 def current_viewer() -> Viewer:
-    """The caller from the verified token (no database lookup on the hot path)."""
-    claims = g.token_claims
-    try:
-        user_id = uuid.UUID(claims["sub"])
-    except (KeyError, ValueError, TypeError):
-        raise ApiError(401, "invalid_token", "the token does not identify a user") from None
-    return Viewer(user_id=user_id, is_admin=claims.get("role") == Role.ADMIN.value)
+    """The caller, with the role the database gives them now."""
+    return g.viewer
 
 
 def admin_required(view):

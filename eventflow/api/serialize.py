@@ -30,10 +30,15 @@ def event_to_dict(event: Event) -> dict:
 
 
 def page_to_dict(page: Page) -> dict:
+    """A numbered page with its total, or a page after a cursor without one (nothing counted)."""
+    items = [event_to_dict(e) for e in page.items]
+    if page.page is None:
+        return {"items": items, "limit": page.limit, "next_cursor": page.next_cursor}
     return {
-        "items": [event_to_dict(e) for e in page.items],
+        "items": items,
         "page": page.page,
         "limit": page.limit,
         "total": page.total,
         "pages": page.pages,
+        "next_cursor": page.next_cursor,
     }

@@ -2,50 +2,103 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from urllib.parse import urlsplit
 
-from flask import Response, redirect, request, session, url_for
+from flask import Response, current_app, redirect, request, session, url_for
 from flask_jwt_extended import decode_token
 from flask_jwt_extended.exceptions import JWTExtendedException
 from jwt import PyJWTError
 
+from .. import tokens
+from ..errors import ApiError
+from ..extensions import db
 from ..models import Role, User
-from ..users import get_user
 
-SESSION_KEY = "dashboard_admin_id"
+SESSION_KEY = "dashboard"
+# The cookie's last-seen time is rewritten at most this often (each rewrite re-sends the cookie).
+SEEN_RESOLUTION_SECONDS = 30
 
 
 def log_in(user: User) -> None:
     """Start a fresh session for the admin (dropping any old one, its CSRF token included)."""
     session.clear()
-    session[SESSION_KEY] = str(user.id)
+    session.permanent = True
+    credentials = tokens.start_session(user)
+    now = time.time()
+    session[SESSION_KEY] = {
+        "uid": str(credentials.user_id),
+        "sid": credentials.session_id,
+        "gen": credentials.generation,
+        "login": now,
+        "seen": now,
+    }
+
+
+def _session_credentials() -> tokens.Credentials | None:
+    """The session's credentials while it is within its idle and absolute timeouts."""
+    state = session.get(SESSION_KEY)
+    if not isinstance(state, dict):
+        return None
+    settings = current_app.config["EVENTFLOW"]
+    now = time.time()
+    try:
+        credentials = tokens.Credentials(
+            user_id=uuid.UUID(state["uid"]), session_id=state["sid"], generation=state["gen"]
+        )
+        expired = (
+            now - float(state["login"]) > settings.session_max_seconds
+            or now - float(state["seen"]) > settings.session_idle_seconds
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+    if expired:
+        return None
+    if now - float(state["seen"]) > SEEN_RESOLUTION_SECONDS:
+        session[SESSION_KEY] = {**state, "seen": now}
+    return credentials
 
 
 def log_out() -> None:
+    """End the session on the server too: a copy of the cookie no longer works."""
+    credentials = _session_credentials()
     session.clear()
+    if credentials is not None:
+        try:
+            tokens.revoke_session(credentials, current_app.config["EVENTFLOW"])
+        except ApiError:
+            pass  # already revoked, or the user is gone: nothing left to end
 
 
 def session_admin() -> User | None:
-    """The admin of this session; None when anonymous, deleted or no longer an admin."""
-    raw_id = session.get(SESSION_KEY)
-    if raw_id is None:
+    """The admin of this session; None when anonymous, timed out, logged out or no longer admin."""
+    credentials = _session_credentials()
+    if credentials is None:
         return None
-    user = get_user(raw_id)
-    return user if user is not None and user.is_admin else None
+    try:
+        role = tokens.check_session(credentials)
+    except ApiError:
+        return None
+    if role != Role.ADMIN.value:
+        return None
+    return db.session.get(User, credentials.user_id)
 
 
 def token_admin(token: object) -> str | None:
-    """The user id in a valid access token with the admin role, else None."""
+    """The user id of a valid access token of a live admin session, else None."""
     if not isinstance(token, str) or not token:
         return None
     try:
         claims = decode_token(token)
-    except (PyJWTError, JWTExtendedException):
-        # Bad signature, expired, malformed, or missing claims: all simply "not an admin".
+        if claims.get("type") != "access":
+            return None
+        credentials = tokens.credentials_from_claims(claims)
+        role = tokens.check_session(credentials)
+    except (PyJWTError, JWTExtendedException, ApiError):
+        # Bad signature, expired, malformed, revoked: all simply "not an admin".
         return None
-    if claims.get("type") != "access" or claims.get("role") != Role.ADMIN.value:
-        return None
-    return str(claims.get("sub"))
+    return str(credentials.user_id) if role == Role.ADMIN.value else None
 
 
 def is_background_request() -> bool:

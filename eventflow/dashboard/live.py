@@ -3,7 +3,7 @@
 Admins connect to the namespace (session cookie or `auth: {token}`); one `stats` event a
 second reaches all of them, whatever their number and however many web processes serve them:
 
-* Each web process has at most one broadcaster thread, started by its first viewer; it runs
+* Each web process has at most one broadcaster task, started by its first viewer; it runs
   one snapshot query per tick for all viewers, never one per client.
 * With Redis, every process's emit reaches every process's clients through the message queue,
   so N broadcasting processes would send N copies. The processes that have viewers therefore
@@ -11,6 +11,14 @@ second reaches all of them, whatever their number and however many web processes
   emits. If the holder dies, its lease expires and another process takes over within LEASE_MS.
 * Without Redis (embedded mode) there is no message queue: a process's emit reaches only its
   own clients, so the single web process broadcasts to them without a lease.
+* A viewer gets the chart's five minutes once, in its first `stats`; every later `stats` carries
+  the current values and one new chart point (CONTRACT section 9: at most 2 KB). New viewers
+  wait in a Redis set (in memory without Redis) that the broadcaster empties at its next tick.
+  It sends them that tick with the history, then adds them to the room the ticks go to: both
+  travel the one message queue in order, so no tick overtakes the history and none is missed.
+* An Engine.IO connection that has not joined `/dashboard` as an admin within
+  `socket_auth_timeout_seconds` is closed by its process (`AuthDeadline`), so idle
+  unauthenticated WebSockets cannot pile up.
 """
 
 from __future__ import annotations
@@ -41,6 +49,10 @@ INTERVAL_SECONDS = 1.0
 TICK_OFFSET_SECONDS = 0.05
 LEASE_KEY = "eventflow:dashboard:broadcaster"
 LEASE_MS = 3000
+VIEWERS_ROOM = "viewers"  # welcomed viewers: each tick goes to this room
+NEWCOMERS_KEY = "eventflow:dashboard:newcomers"
+NEWCOMERS_TTL_MS = 60_000  # a set nobody adds to for this long is stale (its viewers left)
+CONNECTING_POLL_SECONDS = 0.01
 
 # Take the lease if it is free, or extend it if we hold it: one atomic step.
 _HOLD_SCRIPT = """
@@ -89,63 +101,148 @@ class BroadcastLease:
         self._release(keys=[self.key], args=[self.owner])
 
 
+class Newcomers:
+    """Viewers waiting for their first `stats` (the one with the chart history).
+
+    With Redis every web process adds its new viewers to one set, which the broadcaster (the
+    lease holder, in any process) empties; without Redis the one web process keeps them here.
+    """
+
+    def __init__(self, redis=None, key: str = NEWCOMERS_KEY):
+        self.redis = redis
+        self.key = key
+        self._local: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, sids: list[str]) -> None:
+        """Put connected viewers in line for their welcome."""
+        if self.redis is None:
+            with self._lock:
+                self._local.update(sids)
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.sadd(self.key, *sids)
+        pipe.pexpire(self.key, NEWCOMERS_TTL_MS)
+        pipe.execute()
+
+    def waiting(self) -> list[str]:
+        """The viewers in line, from every web process."""
+        if self.redis is None:
+            with self._lock:
+                return sorted(self._local)
+        return sorted(sid.decode() for sid in self.redis.smembers(self.key))
+
+    def welcomed(self, sids: list[str]) -> None:
+        """Take viewers out of line once they have their history."""
+        if not sids:
+            return
+        if self.redis is None:
+            with self._lock:
+                self._local.difference_update(sids)
+            return
+        self.redis.srem(self.key, *sids)
+
+
 class StatsBroadcaster:
-    """One thread per process that emits `stats` while this process has viewers."""
+    """One task per process that emits `stats` while this process has viewers."""
 
     def __init__(self, app: Flask, socketio: SocketIO, interval: float = INTERVAL_SECONDS):
         self.app = app
         self.server = socketio.server  # the server this app's namespace is registered on
         self.interval = interval
         self._viewers: set[str] = set()
+        self._unannounced: set[str] = set()  # viewers not yet added to the Newcomers
         self._lock = threading.Lock()
         self._has_viewers = threading.Event()
+        self._arrived = threading.Event()
         self._pid: int | None = None
         self._failing = False  # log an outage once, not every second
 
     def add_viewer(self, sid: str) -> None:
+        """An admin joined: serve this process's viewers, starting the task if need be."""
         with self._lock:
             self._viewers.add(sid)
+            self._unannounced.add(sid)
             self._has_viewers.set()
             start = self._pid != os.getpid()  # also true in a child forked after a start
             self._pid = os.getpid()
+        self._arrived.set()
         if start:
             self.server.start_background_task(self._run)
 
     def remove_viewer(self, sid: str) -> None:
         with self._lock:
             self._viewers.discard(sid)
+            self._unannounced.discard(sid)
             if not self._viewers:
                 self._has_viewers.clear()
 
-    def _new_lease(self) -> BroadcastLease | None:
+    def _coordination(self) -> tuple[BroadcastLease | None, Newcomers]:
         with self.app.app_context():
             redis = get_queue().redis
         if redis is None:
-            return None  # embedded mode: no message queue, so this process serves its own
+            # Embedded mode: no message queue, so this process serves its own viewers.
+            return None, Newcomers()
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        return BroadcastLease(redis, owner)
+        return BroadcastLease(redis, owner), Newcomers(redis)
 
     def _run(self) -> None:
-        lease = self._new_lease()
+        lease, newcomers = self._coordination()
         if lease is not None:
             atexit.register(self._step_down, lease)  # a clean exit hands over at once
         while True:
             if not self._has_viewers.is_set():
                 self._step_down(lease)
                 self._has_viewers.wait()
-            self.tick(lease)
-            now = time.time()
-            next_tick = (now // self.interval + 1) * self.interval + TICK_OFFSET_SECONDS
-            time.sleep(max(0.0, next_tick - now))
+            self._announce(newcomers)
+            self.tick(lease, newcomers)
+            self._wait_for_next_tick(newcomers)
 
-    def tick(self, lease: BroadcastLease | None) -> bool:
+    def _wait_for_next_tick(self, newcomers: Newcomers) -> None:
+        """Sleep until just after the next wall-clock second, announcing viewers who arrive."""
+        now = time.time()
+        next_tick = (now // self.interval + 1) * self.interval + TICK_OFFSET_SECONDS
+        connecting = False
+        while (left := next_tick - time.time()) > 0:
+            if connecting:
+                time.sleep(min(left, CONNECTING_POLL_SECONDS))
+            elif self._arrived.wait(left):
+                self._arrived.clear()
+            connecting = self._announce(newcomers)
+
+    def _announce(self, newcomers: Newcomers) -> bool:
+        """Put this process's connected new viewers in line for their welcome.
+
+        True while some are still connecting: on_connect runs before the client is told it is
+        in, and a welcome sent before that would reach it ahead of its own acknowledgement.
+        """
+        with self._lock:
+            arrived = list(self._unannounced)
+        ready = [sid for sid in arrived if self.server.manager.is_connected(sid, NAMESPACE)]
+        if ready:
+            try:
+                newcomers.add(ready)
+            except Exception:  # Redis is down: tick() reports it; they are announced again
+                return False
+            with self._lock:
+                self._unannounced.difference_update(ready)
+        return len(ready) < len(arrived)
+
+    def tick(self, lease: BroadcastLease | None, newcomers: Newcomers) -> bool:
         """Emit one snapshot if this process is the broadcaster; True when it emitted."""
         try:
             if lease is not None and not lease.hold():
                 return False
+            waiting = newcomers.waiting()
             with self.app.app_context():
-                payload = snapshot(get_queue().stats)
-            self.server.emit(STATS_EVENT, payload, namespace=NAMESPACE)
+                payload = snapshot(get_queue().stats, history=bool(waiting))
+            if waiting:
+                self._welcome(waiting, payload)
+                payload = {key: value for key, value in payload.items() if key != "series"}
+            self.server.emit(
+                STATS_EVENT, payload, to=VIEWERS_ROOM, skip_sid=waiting, namespace=NAMESPACE
+            )
+            newcomers.welcomed(waiting)
         except Exception:  # a database or Redis outage must not end the live feed
             if not self._failing:
                 logger.warning("dashboard stats broadcast failing", exc_info=True)
@@ -156,6 +253,19 @@ class StatsBroadcaster:
             self._failing = False
         return True
 
+    def _welcome(self, sids: list[str], payload: dict) -> None:
+        """Send new viewers this tick with the chart history, then make them viewers of the rest.
+
+        Through the message queue these reach the viewers' processes in this order, before the
+        tick that follows, whichever process holds them.
+        """
+        self.server.emit(STATS_EVENT, payload, to=sids, namespace=NAMESPACE)
+        for sid in sids:
+            try:
+                self.server.enter_room(sid, VIEWERS_ROOM, namespace=NAMESPACE)
+            except (KeyError, ValueError):
+                pass  # left before its welcome (embedded mode: a local room refuses it)
+
     def _step_down(self, lease: BroadcastLease | None) -> None:
         if lease is None:
             return
@@ -165,12 +275,92 @@ class StatsBroadcaster:
             logger.warning("could not release the dashboard broadcast lease", exc_info=True)
 
 
+class AuthDeadline:
+    """Closes this process's Engine.IO connections that are not an admin viewer in time.
+
+    Every Engine.IO connection is watched from its handshake until it joins `/dashboard` as an
+    admin; one that is still unauthenticated after `timeout` seconds (never joined, refused, or
+    left the namespace) is closed. A WebSocket lives in the process that accepted it, so each
+    process watches its own, with one task started by its first connection.
+    """
+
+    def __init__(self, socketio: SocketIO, timeout: float):
+        self.server = socketio.server
+        self.timeout = timeout
+        self._due: dict[str, float] = {}  # eio sid -> deadline; insertion order is due order
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+
+    def install(self) -> None:
+        """Watch every Engine.IO connection of the server, around python-socketio's handlers."""
+        eio = self.server.eio
+        on_open, on_close = eio.handlers["connect"], eio.handlers["disconnect"]
+
+        def opened(eio_sid, environ):
+            accepted = on_open(eio_sid, environ)
+            self.watch(eio_sid)
+            return accepted
+
+        def closed(eio_sid, reason=None):
+            on_close(eio_sid, reason)  # leaves the namespaces first, which may watch it again
+            self.forget(eio_sid)
+
+        eio.on("connect", opened)
+        eio.on("disconnect", closed)
+
+    def watch(self, eio_sid: str) -> None:
+        """Close this connection unless it authenticates within the timeout."""
+        with self._lock:
+            start = self._pid != os.getpid()  # also true in a child forked after a start
+            if start:
+                self._pid = os.getpid()
+                self._due.clear()  # a parent's connections are not this process's
+            self._due.pop(eio_sid, None)
+            self._due[eio_sid] = time.monotonic() + self.timeout
+        if start:
+            self.server.start_background_task(self._run)
+
+    def forget(self, eio_sid: str) -> None:
+        """The connection authenticated, or is gone."""
+        with self._lock:
+            self._due.pop(eio_sid, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                overdue = []
+                for eio_sid, due in self._due.items():
+                    if due > now:
+                        break
+                    overdue.append(eio_sid)
+                for eio_sid in overdue:
+                    del self._due[eio_sid]
+                # A connection watched later is due later than all of these.
+                next_due = next(iter(self._due.values()), now + self.timeout)
+            for eio_sid in overdue:
+                self._close(eio_sid)
+            time.sleep(max(0.0, next_due - time.monotonic()))
+
+    def _close(self, eio_sid: str) -> None:
+        connection = self.server.eio.sockets.get(eio_sid)
+        if connection is None:
+            return
+        try:
+            # Not eio.disconnect(): it waits until the client has read its last packets,
+            # which a client that never reads would make forever.
+            connection.close(wait=False, reason=self.server.eio.reason.SERVER_DISCONNECT)
+        except Exception:
+            logger.warning("could not close an unauthenticated connection", exc_info=True)
+
+
 class DashboardNamespace(Namespace):
     """`/dashboard`: admins only; connecting makes this process's broadcaster serve them."""
 
-    def __init__(self, broadcaster: StatsBroadcaster):
+    def __init__(self, broadcaster: StatsBroadcaster, deadline: AuthDeadline):
         super().__init__(NAMESPACE)
         self.broadcaster = broadcaster
+        self.deadline = deadline
 
     def on_connect(self, auth=None):
         token = auth.get("token") if isinstance(auth, dict) else None
@@ -178,14 +368,28 @@ class DashboardNamespace(Namespace):
         if not allowed:
             # python-socketio's ConnectionRefusedError (not the builtin) tells the client why.
             raise ConnectionRefusedError("admins only")
+        eio_sid = self._eio_sid()
+        if eio_sid is not None:
+            self.deadline.forget(eio_sid)
         self.broadcaster.add_viewer(request.sid)
 
     def on_disconnect(self, reason=None):
         self.broadcaster.remove_viewer(request.sid)
+        # Leaving the namespace may keep the connection open: it is unauthenticated again.
+        # (When the connection itself closes, AuthDeadline forgets it right after this.)
+        eio_sid = self._eio_sid()
+        if eio_sid is not None:
+            self.deadline.watch(eio_sid)
+
+    def _eio_sid(self) -> str | None:
+        """The Engine.IO connection under this client's namespace session."""
+        return self.server.manager.eio_sid_from_sid(request.sid, NAMESPACE)
 
 
 def register_live_stats(app: Flask, socketio: SocketIO) -> StatsBroadcaster:
     """Register the `/dashboard` namespace on the app's Socket.IO server (after init_app)."""
+    deadline = AuthDeadline(socketio, app.config["EVENTFLOW"].socket_auth_timeout_seconds)
+    deadline.install()
     broadcaster = StatsBroadcaster(app, socketio)
-    socketio.on_namespace(DashboardNamespace(broadcaster))
+    socketio.on_namespace(DashboardNamespace(broadcaster, deadline))
     return broadcaster

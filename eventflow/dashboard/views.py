@@ -12,11 +12,13 @@ from flask import (
     request,
     url_for,
 )
+from flask_limiter import RateLimitExceeded
 from flask_wtf.csrf import CSRFError
 
 from .. import events, users
-from ..errors import ApiError
+from ..errors import ApiError, retry_after_seconds
 from ..models import Status
+from ..security import limit_failed_logins
 from ..stats import snapshot
 from ..tasks.queue import QUEUE_ERRORS, get_queue
 from . import bp
@@ -83,6 +85,7 @@ def _login_error(message: str, status: int):
 
 
 @bp.post("/login")
+@limit_failed_logins("form")
 def login():
     form = request.form
     try:
@@ -93,6 +96,14 @@ def login():
         return _login_error("This account cannot use the dashboard: it is for admins only.", 403)
     log_in(user)
     return redirect(safe_next(form.get("next")))
+
+
+@bp.errorhandler(RateLimitExceeded)
+def show_rate_limited(exc: RateLimitExceeded):
+    seconds = retry_after_seconds(exc)
+    message = f"Too many failed login attempts. Try again in {seconds} seconds."
+    page, status = _login_error(message, 429)
+    return page, status, {"Retry-After": str(seconds)}
 
 
 @bp.post("/logout")
@@ -133,8 +144,20 @@ def _page_of_events(filters: dict[str, str], **fixed: str):
             event_id=filters.get("id") or None,
         )
     except ApiError as exc:
+        if exc.code == "page_too_deep":
+            return None, _too_deep_message(filters)
         return None, exc.message
     return page, None
+
+
+def _too_deep_message(filters: dict[str, str]) -> str:
+    """Why a page is refused, in the dashboard's terms (the API's points to cursor paging)."""
+    size = int(filters.get("limit") or DEFAULT_PAGE_SIZE)
+    return (
+        f"Page {int(request.args['page']):,} is too deep: the list reaches back "
+        f"{events.MAX_PAGE_DEPTH:,} events ({events.MAX_PAGE_DEPTH // size:,} pages of {size}). "
+        "Narrow it with the filters to find older events."
+    )
 
 
 def _shareable_url(endpoint: str, filters: dict[str, str], page_no: int = 1) -> str:
@@ -257,7 +280,8 @@ def show_api_error(exc: ApiError):
     if wants_fragment():
         return _outcome(exc.message, level="error", status=exc.status)
     if is_background_request():
-        return exc.message, exc.status
+        # The message may quote the request (an unknown id): plain text, so no browser renders it.
+        return exc.message, exc.status, {"Content-Type": "text/plain; charset=utf-8"}
     page = render_template("dashboard/error.html", message=exc.message, status=exc.status)
     return page, exc.status
 

@@ -1,9 +1,14 @@
 /* EventFlow dashboard: live stats over Socket.IO, the throughput chart, htmx glue.
  *
  * The server emits `stats` on the /dashboard namespace about once a second. Every element
- * with data-stat="path.in.payload" shows that value (formatted by its data-format); the
- * overview's chart redraws from `series`; and when the DLQ or the counters change, the body
- * gets a `dlq-changed` / `totals-changed` event that htmx-driven lists listen for.
+ * with data-stat="path.in.payload" shows that value (formatted by its data-format). The
+ * overview's chart starts from the five minutes of `series` in the page and in the first
+ * `stats` after each (re)connect; later ones carry one new `point` each, which the chart
+ * appends while dropping its oldest. When the DLQ or the counters change, the body gets a
+ * `dlq-changed` / `totals-changed` event that htmx-driven lists listen for.
+ *
+ * The Content-Security-Policy allows no inline script or style attribute: keep behaviour in
+ * this file and styles in dashboard.css (setting element.style from here is fine).
  */
 (function () {
   "use strict";
@@ -97,14 +102,16 @@
   ];
   const chartBox = document.getElementById("throughput-chart");
   let chart = null;
+  let points = []; // the plotted seconds, oldest first: {t, ingested, processed, failed, ...}
+  let windowSize = 0; // how many seconds the chart shows: as many as the history it was given
 
-  function chartData(series) {
-    return [series.map((b) => b.t)].concat(SERIES.map((s) => series.map((b) => b[s.key])));
+  function chartData() {
+    return [points.map((b) => b.t)].concat(SERIES.map((s) => points.map((b) => b[s.key])));
   }
 
-  function renderChart(series) {
-    if (!chartBox || !window.uPlot || !Array.isArray(series)) return;
-    const data = chartData(series);
+  function drawChart() {
+    if (!chartBox || !window.uPlot) return;
+    const data = chartData();
     if (chart === null) {
       chart = new window.uPlot(
         {
@@ -146,9 +153,34 @@
     // The caption sums the plotted series, so it moves exactly when the chart does.
     SERIES.forEach((s) => {
       const el = document.querySelector('[data-series-total="' + s.key + '"]');
-      if (el) el.textContent = whole.format(series.reduce((sum, b) => sum + b[s.key], 0));
+      if (el) el.textContent = whole.format(points.reduce((sum, b) => sum + b[s.key], 0));
     });
-    chartBox.dataset.lastSecond = series.length ? series[series.length - 1].t : "";
+    chartBox.dataset.firstSecond = points.length ? points[0].t : "";
+    chartBox.dataset.lastSecond = points.length ? points[points.length - 1].t : "";
+  }
+
+  /* The whole window at once: from the page, and in the first `stats` after a (re)connect. */
+  function resetChart(series) {
+    if (!chartBox || !Array.isArray(series)) return;
+    points = series.slice();
+    windowSize = series.length;
+    drawChart();
+  }
+
+  /* One more second: appended (or, if the chart has it already, updated), oldest dropped. */
+  function addPoint(point) {
+    if (!chartBox || !point || windowSize === 0) return;
+    const last = points.length ? points[points.length - 1].t : -Infinity;
+    if (point.t > last) {
+      points.push(point);
+    } else {
+      const index = points.findIndex((b) => b.t === point.t);
+      if (index === -1) return; // older than the window
+      points[index] = point;
+    }
+    const newest = points[points.length - 1].t;
+    while (points.length && points[0].t <= newest - windowSize) points.shift();
+    drawChart();
   }
 
   /* --- live feed --------------------------------------------------------------------------- */
@@ -175,7 +207,7 @@
   const initial = document.getElementById("initial-stats");
   if (initial) {
     const stats = JSON.parse(initial.textContent);
-    if (stats) renderChart(stats.series);
+    if (stats) resetChart(stats.series);
   }
 
   if (!window.io) {
@@ -196,7 +228,8 @@
   });
   socket.on("stats", (stats) => {
     renderStats(stats);
-    renderChart(stats.series);
+    if (Array.isArray(stats.series)) resetChart(stats.series);
+    else addPoint(stats.point);
     announceChanges(stats);
   });
 })();

@@ -1,0 +1,72 @@
+"""The gunicorn worker EventFlow runs in: gevent, so a WebSocket holds no request thread.
+
+`gunicorn.conf.py` names `eventflow.server.Worker`. It is gunicorn's gevent worker plus two things:
+
+* psycopg2 is made cooperative (psycogreen): without it a query would block every other
+  request and socket of the process while it waits for PostgreSQL.
+* Requests gunicorn itself rejects before Flask sees them (a request line over
+  `limit_request_line`, oversized headers, a malformed request line) get the JSON error
+  envelope instead of gunicorn's HTML page, as every /api/v1 error must (CONTRACT section 5).
+
+Nothing here runs at import in the app: only gunicorn imports this module.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from gunicorn.workers.ggevent import GeventWorker
+
+_STATUS_LINE = re.compile(rb"^HTTP/1\.[01] (\d{3}) ([^\r\n]*)\r\n")
+
+
+def _envelope(raw: bytes) -> bytes:
+    """Rewrite gunicorn's HTML error response as the JSON envelope with the same status."""
+    match = _STATUS_LINE.match(raw)
+    if match is None:
+        return raw
+    status, reason = int(match.group(1)), match.group(2).decode("latin-1")
+    code = re.sub(r"[^a-z0-9]+", "_", reason.lower()).strip("_") or "bad_request"
+    message = {
+        400: "the request is malformed",
+        414: "the request line (URL and query string) is too long",
+        431: "the request headers are too large",
+    }.get(status, reason.lower() or "the request was refused")
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
+class _JsonErrorSocket:
+    """The client socket, but what gunicorn writes as an error page goes out as JSON."""
+
+    def __init__(self, sock):
+        self._sock = sock
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+    def sendall(self, data: bytes, *args):
+        return self._sock.sendall(_envelope(bytes(data)), *args)
+
+    def send(self, data: bytes, *args):
+        # gunicorn writes an error page in one call; answer for the whole rewritten page.
+        self._sock.sendall(_envelope(bytes(data)), *args)
+        return len(data)
+
+
+class Worker(GeventWorker):
+    """gunicorn's gevent worker with cooperative psycopg2 and JSON pre-Flask errors."""
+
+    def patch(self) -> None:
+        super().patch()
+        from psycogreen.gevent import patch_psycopg
+
+        patch_psycopg()
+
+    def handle_error(self, req, client, addr, exc) -> None:
+        super().handle_error(req, _JsonErrorSocket(client), addr, exc)
