@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, cast, exists, func, select, tuple_
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import bindparam, cast, exists, func, insert, select, tuple_
+from sqlalchemy.exc import IntegrityError
 
 from . import transitions
 from .errors import ApiError
@@ -126,11 +125,15 @@ _EVENT_ID_FOR_KEY = select(_EVENTS.c.id).where(
 
 
 @functools.cache
-def _guarded_insert(dialect: str, idempotent: bool):
-    """INSERT … SELECT <row> WHERE <the session is live> [ON CONFLICT DO NOTHING] RETURNING id.
+def _guarded_insert(dialect: str):
+    """INSERT … SELECT <row> WHERE <the session is live> RETURNING id, built once per dialect.
 
-    Built once per dialect. The session check (user exists, token generation current, session
-    not logged out) rides in the insert itself, so ingest honours revocation at no extra round trip.
+    The session check (user exists, token generation current, session not logged out) rides in
+    the insert itself, so ingest honours revocation at no extra round trip. A plain INSERT, not
+    the dialects' ON CONFLICT variant: SQLAlchemy cannot cache the compiled form of that one with
+    a SELECT, and compiling it on every request cost ~1 ms (BENCHMARKS.md). A repeated
+    Idempotency-Key is the unique index's IntegrityError instead; a racing repeat waits for the
+    first row's commit either way.
     """
 
     def value(name: str):
@@ -144,12 +147,9 @@ def _guarded_insert(dialect: str, idempotent: bool):
         _USERS.c.id == bindparam("session_user_id", type_=_USERS.c.id.type),
         _USERS.c.token_generation == bindparam("session_generation"),
     ) & ~exists().where(_REVOKED.c.jti == bindparam("session_id"))
-    builder = pg_insert if dialect == "postgresql" else sqlite_insert
-    statement = builder(_EVENTS).from_select(
+    statement = insert(_EVENTS).from_select(
         list(_ROW_COLUMNS), select(*(value(name) for name in _ROW_COLUMNS)).where(live_session)
     )
-    if idempotent:
-        statement = statement.on_conflict_do_nothing(index_elements=["user_id", "idempotency_key"])
     return statement.returning(_EVENTS.c.id)
 
 
@@ -180,15 +180,17 @@ def create_event(
     # The hot path: one prebuilt statement on an autocommit connection is one round trip
     # (no BEGIN/COMMIT of its own), and the row is committed when it returns.
     with ingest_engine().connect() as conn:
-        statement = _guarded_insert(conn.dialect.name, idempotency_key is not None)
-        inserted = conn.execute(statement, row).first()
-        if inserted is None and idempotency_key is not None:
-            # The key was used before (perhaps by a request racing this one, whose row
-            # ON CONFLICT waited for): that event wins, if the session is still live.
-            existing = conn.execute(
-                _EVENT_ID_FOR_KEY,
-                {"user_id": credentials.user_id, "idempotency_key": idempotency_key},
-            ).scalar()
+        try:
+            inserted = conn.execute(_guarded_insert(conn.dialect.name), row).first()
+        except IntegrityError:
+            # The key was used before (perhaps by a request racing this one, whose commit the
+            # unique index waited for): that event wins, if the session is still live.
+            inserted = None
+            if idempotency_key is not None:
+                existing = conn.execute(
+                    _EVENT_ID_FOR_KEY,
+                    {"user_id": credentials.user_id, "idempotency_key": idempotency_key},
+                ).scalar()
     if inserted is None:
         check_session(credentials)  # says why (401) when the session is what stopped the insert
         if existing is None:
