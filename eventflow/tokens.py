@@ -11,7 +11,7 @@ honoured only while, in the database:
 
 The role comes from the same row, not from the token, so a demoted admin loses admin rights on
 the next request. The check is one primary-key lookup (`check_session`); ingest does it inside
-its INSERT instead (see events.create_event), so it costs the hot path no extra round trip.
+its INSERT instead (see ingest.create_event), so it costs the hot path no extra round trip.
 """
 
 from __future__ import annotations

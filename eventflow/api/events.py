@@ -2,7 +2,7 @@
 
 from flask import request
 
-from .. import events
+from .. import events, ingest
 from ..security import limit_ingest
 from . import bp
 from .inputs import bearer_required, current_credentials, current_viewer, json_body
@@ -13,9 +13,9 @@ from .serialize import event_to_dict, page_to_dict
 @bearer_required(check_session=False)  # create_event's INSERT checks the session itself
 @limit_ingest
 def create_event():
-    key = events.check_idempotency_key(request.headers.get("Idempotency-Key"))
-    event_type, payload = events.validate_event(json_body())
-    event_id, created = events.create_event(current_credentials(), event_type, payload, key)
+    key = ingest.check_idempotency_key(request.headers.get("Idempotency-Key"))
+    event_type, payload = ingest.validate_event(json_body())
+    event_id, created = ingest.create_event(current_credentials(), event_type, payload, key)
     headers = {"Location": f"/api/v1/events/{event_id}"}
     return {"eventId": str(event_id), "status": "queued"}, 202 if created else 200, headers
 
