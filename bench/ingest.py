@@ -93,13 +93,17 @@ class Run:
 class CpuMeter:
     """CPU time per event: gunicorn, the bench database's backends, wrk, and everything else.
 
-    `rest` is Redis, PostgreSQL's WAL writer and anything else running, other people's
-    processes included: on a shared machine it shows how much of the cores the figures had.
+    `rest` is Redis (unless it is one of `servers`), PostgreSQL's WAL writer and anything else
+    running, other people's processes included: on a shared machine it shows how much of the
+    cores the figures had.
     Linux only (/proc); elsewhere the figures are left out.
+
+    `servers` is gunicorn's pid, or the root pid of each server to measure by name (e.g.
+    {"nginx": ..., "gunicorn 1": ..., "redis": ...}); a server counts with all its descendants.
     """
 
-    def __init__(self, gunicorn_pid: int, database_url: str):
-        self.gunicorn_pid = gunicorn_pid
+    def __init__(self, servers: int | dict[str, int], database_url: str):
+        self.servers = {"gunicorn": servers} if isinstance(servers, int) else dict(servers)
         self.database = urlsplit(database_url).path.lstrip("/")
         self.admin_url = urlunsplit(urlsplit(database_url)._replace(path="/postgres"))
         self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -126,14 +130,24 @@ class CpuMeter:
     def sample(self) -> dict[str, float]:
         if not self.enabled:
             return {}
-        pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
-        gunicorn = [self.gunicorn_pid]
-        gunicorn += [p for p in pids if self._process_seconds(p)[1] == self.gunicorn_pid]
+        children: dict[int, list[int]] = {}
+        for p in Path("/proc").iterdir():
+            if p.name.isdigit():
+                children.setdefault(self._process_seconds(int(p.name))[1], []).append(int(p.name))
+
+        def tree_seconds(root: int) -> float:
+            pids, seconds = [root], 0.0
+            while pids:
+                pid = pids.pop()
+                seconds += self._process_seconds(pid)[0]
+                pids.extend(children.get(pid, []))
+            return seconds
+
         fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
         busy = (sum(fields) - fields[3] - fields[4]) / self.tick  # all but idle and iowait
         waited = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once it has exited
         return {
-            "gunicorn": sum(self._process_seconds(p)[0] for p in gunicorn),
+            **{name: tree_seconds(pid) for name, pid in self.servers.items()},
             "postgres": sum(self._process_seconds(p)[0] for p in self._backend_pids()),
             "wrk": waited.ru_utime + waited.ru_stime,
             "busy": busy,
@@ -144,7 +158,8 @@ class CpuMeter:
         if not before or not events:
             return None
         spent = {name: after[name] - before[name] for name in before}
-        spent["rest"] = spent.pop("busy") - spent["gunicorn"] - spent["postgres"] - spent["wrk"]
+        busy = spent.pop("busy")
+        spent["rest"] = busy - sum(spent.values())
         return {name: 1000 * seconds / events for name, seconds in spent.items()}
 
 
@@ -170,16 +185,20 @@ def start_gunicorn(env: dict[str, str], port: int, log_path: Path) -> subprocess
     )
     url = f"http://127.0.0.1:{port}/health"
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            fail(f"gunicorn exited:\n{log_path.read_text(errors='replace')}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return proc
-        except OSError:
-            pass
-        time.sleep(0.1)
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                fail(f"gunicorn exited:\n{log_path.read_text(errors='replace')}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    if response.status == 200:
+                        return proc
+            except OSError:
+                pass
+            time.sleep(0.1)
+    except BaseException:  # Ctrl-C or SIGTERM meanwhile: the caller has no handle to stop it
+        stop(proc)
+        raise
     stop(proc)
     fail(f"gunicorn did not answer /health in 30 s:\n{log_path.read_text(errors='replace')}")
 
@@ -237,14 +256,16 @@ def run_wrk(
     )
 
 
-def check_nothing_lost(database_url: str, redis_url: str, runs: list[Run]) -> bool:
+def check_nothing_lost(
+    database_url: str, redis_url: str, runs: list[Run], queue_key: str = QUEUE_KEY
+) -> bool:
     """Every 202 is a row and a queue message; beyond those only unanswered requests may be."""
     conn = psycopg2.connect(database_url)
     with conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM events")
         rows = cur.fetchone()[0]
     conn.close()
-    queued = redis.Redis.from_url(redis_url).llen(QUEUE_KEY)
+    queued = redis.Redis.from_url(redis_url).llen(queue_key)
     accepted = sum(r.accepted for r in runs)
     # wrk stops on the clock: requests still in flight then are committed but never counted.
     unanswered = sum(r.unanswered for r in runs)

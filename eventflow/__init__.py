@@ -97,9 +97,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(_flask_config(settings))
     app.config.update({k: v for k, v in overrides.items() if not isinstance(v, str)})
 
+    from .api.fast_ingest import install_fast_ingest
     from .dashboard.live import register_live_stats, socketio_channel
     from .errors import register_error_handlers, register_jwt_errors
     from .extensions import INGEST_ENGINE_KEY, csrf, db, jwt, migrate, socketio
+    from .ingest import init_ingest
     from .security import init_security
     from .tasks.queue import init_queue
     from .tasks.registry import load_handler_modules
@@ -126,10 +128,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         engineio_logger=False,
     )
     register_live_stats(app, socketio)
-    init_security(app, settings)  # after Socket.IO, so ProxyFix sees every request first
-    register_jwt_errors()
     load_handler_modules(settings.handlers)
     init_queue(app, settings)
+    init_ingest(app, settings)
+    install_fast_ingest(app)  # in front of Socket.IO's middleware and Flask, behind ProxyFix
+    init_security(app, settings)  # after Socket.IO, so ProxyFix sees every request first
+    register_jwt_errors()
 
     from .api import bp as api_bp
     from .api.health import bp as health_bp

@@ -172,7 +172,7 @@ def _status_of(exc: Exception) -> int:
     return 500
 
 
-def _refund_unless(counts: Callable[[int], bool]):
+def _refund_unless(counts: Callable[[int], bool], cost: Callable[[], int] = lambda: 1):
     """Give back what the view's limits counted when `counts(status)` says the request does not.
 
     Flask-Limiter counts the request before the view runs, in one atomic increment; the refund
@@ -188,10 +188,10 @@ def _refund_unless(counts: Callable[[int], bool]):
                 response = current_app.make_response(view(*args, **kwargs))
             except Exception as exc:
                 if not counts(_status_of(exc)):
-                    _refund()
+                    _refund(cost())
                 raise
             if not counts(response.status_code):
-                _refund()
+                _refund(cost())
             return response
 
         return wrapper
@@ -199,10 +199,10 @@ def _refund_unless(counts: Callable[[int], bool]):
     return decorate
 
 
-def _refund() -> None:
+def _refund(amount: int = 1) -> None:
     for counted in limiter.current_limits:
         try:
-            limiter.limiter.hit(counted.limit, *counted.request_args, cost=-1)
+            limiter.limiter.hit(counted.limit, *counted.request_args, cost=-amount)
         except Exception:  # storage down: the request stays counted until its window ends
             logger.warning("could not take back a hit on %s", counted.key, exc_info=True)
 
@@ -252,22 +252,40 @@ def limit_registrations(view):
     )(view)
 
 
-def limit_ingest(view):
+def limit_ingest(view=None, *, cost: Callable[[], int] | None = None):
     """Decorator for ingest, applied inside bearer_required: events per user per window.
 
-    Unset (the default), the view runs as it is: no key, no storage round trip.
+    Unset (the default), the view runs as it is: no key, no storage round trip. Single events
+    and batches share one count per user, and a batch passes `cost`, its number of events: the
+    limit counts events, as Sidekiq's and BullMQ's limiters count jobs, so batching does not
+    multiply a user's allowance. A refused batch costs nothing, so what is left of the window
+    still takes a smaller batch.
     """
-    # A token that verifies but whose session is gone (ingest checks it in its INSERT) gets a
-    # 401 there: that request is not the user's, so it is taken back.
-    counted = _refund_unless(lambda status: status != 401)(view)
-    limited = limiter.limit(
-        _ingest_limit, key_func=_token_user, error_message="ingest rate limit exceeded"
-    )(counted)
 
-    @functools.wraps(view)
-    def wrapper(*args, **kwargs):
-        if _settings().rate_limit_ingest is None:
-            return view(*args, **kwargs)
-        return limited(*args, **kwargs)
+    def decorate(view):
+        amount = cost or (lambda: 1)
+        # A token that verifies but whose session is gone (ingest checks it in its INSERT) gets
+        # a 401 there: that request is not the user's, so it is taken back.
+        counted = _refund_unless(lambda status: status != 401, amount)(view)
+        limited = limiter.shared_limit(
+            _ingest_limit,
+            scope="ingest",
+            key_func=_token_user,
+            error_message="ingest rate limit exceeded",
+            cost=amount,
+        )(counted)
 
-    return wrapper
+        @functools.wraps(view)
+        def wrapper(*args, **kwargs):
+            if _settings().rate_limit_ingest is None:
+                return view(*args, **kwargs)
+            try:
+                return limited(*args, **kwargs)
+            except RateLimitExceeded:
+                if cost is not None:  # a refused single event finds the window full anyway
+                    _refund(amount())
+                raise
+
+        return wrapper
+
+    return decorate(view) if view is not None else decorate

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import re
 
+from gunicorn import util
+from gunicorn.http import wsgi
 from gunicorn.workers.ggevent import GeventWorker
 
 _STATUS_LINE = re.compile(rb"^HTTP/1\.[01] (\d{3}) ([^\r\n]*)\r\n")
@@ -59,14 +61,56 @@ class _JsonErrorSocket:
         return len(data)
 
 
+class _Response(wsgi.Response):
+    """gunicorn's response, sending the head with the first body bytes: one send, not two.
+
+    For a small JSON answer (an ingest's 202) the second `send` was ≈ 10 % of a worker's CPU
+    (py-spy, BENCHMARKS.md), and a head sent alone can wait on Nagle's algorithm.
+    """
+
+    _head = b""
+
+    def send_headers(self) -> None:
+        if self.headers_sent:
+            return
+        lines = self.default_headers()
+        lines.extend(f"{name}: {value}\r\n" for name, value in self.headers)
+        self._head = util.to_bytestring("".join(lines) + "\r\n", "latin-1")
+        self.headers_sent = True
+
+    def _flush_head(self) -> None:
+        if self._head:
+            head, self._head = self._head, b""
+            util.write(self.sock, head)
+
+    def _emit_body(self, data: bytes) -> None:
+        if self._head and not self.chunked:
+            head, self._head = self._head, b""
+            util.write(self.sock, head + data)
+            return
+        self._flush_head()
+        super()._emit_body(data)
+
+    def sendfile(self, respiter):
+        self.send_headers()
+        self._flush_head()
+        return super().sendfile(respiter)
+
+    def close(self) -> None:
+        self.send_headers()
+        self._flush_head()
+        super().close()
+
+
 class Worker(GeventWorker):
-    """gunicorn's gevent worker with cooperative psycopg2 and JSON pre-Flask errors."""
+    """gunicorn's gevent worker with cooperative psycopg2, one-send responses, JSON errors."""
 
     def patch(self) -> None:
         super().patch()
         from psycogreen.gevent import patch_psycopg
 
         patch_psycopg()
+        wsgi.Response = _Response  # what wsgi.create() builds for every request
 
     def handle_error(self, req, client, addr, exc) -> None:
         super().handle_error(req, _JsonErrorSocket(client), addr, exc)

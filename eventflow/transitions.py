@@ -14,9 +14,8 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select, tuple_, update
+from sqlalchemy import delete, func, insert, or_, select, text, tuple_, update
 
 from .extensions import db
 from .models import Event, EventAttempt, Outcome, Status, utcnow
@@ -38,11 +37,61 @@ class ClaimedEvent:
     attempt: int  # 1-based attempt within the current run (reset by a replay)
 
 
+# One statement, so a batch's claim is one round trip whatever its size: the guarded UPDATE
+# takes the due waiting events among the ids (an array parameter, not one bind per id) and
+# opens an attempt row for each event it took. The guard is a CASE on purpose: written as
+# plain conditions it lets the planner scan recovery's partial index of waiting events (the
+# whole backlog, for every claim) when its statistics are stale; this way only the ids can
+# find the rows, by primary key, however long the backlog.
+CLAIM = text(
+    """
+    WITH claimed AS (
+        UPDATE events
+        SET status = 'PROCESSING', attempts = attempts + 1, locked_at = :now, locked_by = :worker
+        WHERE id = ANY(CAST(:ids AS uuid[]))
+          AND CASE WHEN status IN ('PENDING', 'RETRYING')
+                   THEN next_attempt_at IS NULL OR next_attempt_at <= :now
+                   ELSE false END
+        RETURNING id, type, payload, user_id, created_at, attempts, replayed_attempts
+    ), opened AS (
+        INSERT INTO event_attempts (event_id, number, worker, started_at, outcome)
+        SELECT id, attempts, :worker, :now, 'running' FROM claimed
+    )
+    SELECT CAST(id AS text), type, payload, CAST(user_id AS text), created_at, attempts,
+           replayed_attempts
+    FROM claimed
+    """
+)
+
+
 def claim_events(event_ids: list[uuid.UUID], worker_id: str) -> list[ClaimedEvent]:
     """Atomically take the due PENDING/RETRYING events among these and open an attempt for each.
 
     One transaction however many: the others (processed, claimed, not due) are not returned.
     """
+    if db.session.get_bind().dialect.name != "postgresql":
+        return _claim_events_portable(event_ids, worker_id)
+    # The ids go as one array literal and come back as text: turning 500 ids per batch back
+    # into UUID objects was the largest cost of a claim, and we hold those objects already.
+    asked = {str(event_id): event_id for event_id in event_ids}
+    rows = db.session.execute(
+        CLAIM, {"ids": "{" + ",".join(asked) + "}", "now": utcnow(), "worker": worker_id}
+    ).all()
+    db.session.commit()
+    return _in_message_order(_with_uuids(rows, asked), event_ids)
+
+
+def _with_uuids(rows, asked: dict[str, uuid.UUID]) -> Iterator[tuple]:
+    """The claim's rows with each id the UUID asked for, and each user id parsed once."""
+    users: dict[str, uuid.UUID] = {}
+    for event_id, type_, payload, user_id, *rest in rows:
+        if user_id not in users:
+            users[user_id] = uuid.UUID(user_id)
+        yield (asked[event_id], type_, payload, users[user_id], *rest)
+
+
+def _claim_events_portable(event_ids: list[uuid.UUID], worker_id: str) -> list[ClaimedEvent]:
+    """claim_events for SQLite (the embedded default), with SQLAlchemy's portable statements."""
     now = utcnow()
     rows = db.session.execute(
         update(Event)
@@ -76,20 +125,20 @@ def claim_events(event_ids: list[uuid.UUID], worker_id: str) -> list[ClaimedEven
         [dict(event_id=r.id, number=r.attempts, worker=worker_id, started_at=now) for r in rows],
     )
     db.session.commit()
+    return _in_message_order(rows, event_ids)
+
+
+def _in_message_order(rows, event_ids: list[uuid.UUID]) -> list[ClaimedEvent]:
+    """Claims from (id, type, payload, user_id, created_at, attempts, replayed_attempts) rows."""
     order = {event_id: index for index, event_id in enumerate(event_ids)}
+    # Positional, as the rows come: per event, attribute access by name cost as much as the
+    # rest of building the claim.
     claims = [
-        ClaimedEvent(
-            id=r.id,
-            type=r.type,
-            payload=r.payload,
-            user_id=r.user_id,
-            created_at=r.created_at,
-            number=r.attempts,
-            attempt=r.attempts - r.replayed_attempts,
-        )
-        for r in rows
+        ClaimedEvent(event_id, type_, payload, user_id, created_at, number, number - replayed)
+        for event_id, type_, payload, user_id, created_at, number, replayed in rows
     ]
-    return sorted(claims, key=lambda claimed: order[claimed.id])
+    claims.sort(key=lambda claimed: order[claimed.id])
+    return claims
 
 
 def _close_attempt(event_id, number, outcome: Outcome, now, error=None, traceback=None) -> None:
@@ -120,25 +169,64 @@ def _attempts_of(claims: list[ClaimedEvent]):
     )
 
 
-def complete_events(done: list[tuple[ClaimedEvent, Any]]) -> dict[uuid.UUID, float]:
-    """Mark PROCESSED with their results, in one transaction; claims lost meanwhile are skipped.
-
-    Returns the latency in ms of each event recorded. Events with equal results share a statement.
+# One statement for a whole batch of successes: each (id, attempt number, result) of the JSON
+# array is guarded as _held is (still PROCESSING under the same attempt); its attempt row is
+# closed in the same statement. A result is stored as the JSON it is (`null` included). It
+# returns only the ids it could not record (claims lost meanwhile): normally none.
+COMPLETE = text(
     """
+    WITH d AS (
+        SELECT x->>0 AS id, CAST(x->>1 AS integer) AS number, x->2 AS result
+        FROM jsonb_array_elements(CAST(:done AS jsonb)) AS x
+    ), done AS (
+        UPDATE events e
+        SET status = 'PROCESSED', result = d.result, processed_at = :now,
+            locked_at = NULL, locked_by = NULL
+        FROM d
+        WHERE e.id = CAST(d.id AS uuid) AND e.attempts = d.number AND e.status = 'PROCESSING'
+        RETURNING e.id, e.attempts
+    ), closed AS (
+        UPDATE event_attempts a
+        SET outcome = 'succeeded', finished_at = :now
+        FROM done
+        WHERE a.event_id = done.id AND a.number = done.attempts
+    )
+    SELECT d.id FROM d WHERE CAST(d.id AS uuid) NOT IN (SELECT id FROM done)
+    """
+)
+
+
+def complete_events(done: list[tuple[ClaimedEvent, str]]) -> dict[uuid.UUID, float]:
+    """Mark PROCESSED with their results (JSON text), in one transaction; lost claims are skipped.
+
+    Returns the latency in ms of each event recorded.
+    """
+    if db.session.get_bind().dialect.name != "postgresql":
+        return _complete_events_portable(done)
     now = utcnow()
-    by_result: dict[str, tuple[Any, list[ClaimedEvent]]] = {}
+    # Ids and numbers need no escaping; each result is already valid JSON text.
+    batch = ",".join(f'["{c.id}",{c.number},{result}]' for c, result in done)
+    lost = set(db.session.scalars(COMPLETE, {"done": f"[{batch}]", "now": now}))
+    db.session.commit()
+    kept = [c for c, _ in done if not lost or str(c.id) not in lost]
+    return _latencies(kept, now)
+
+
+def _complete_events_portable(done: list[tuple[ClaimedEvent, str]]) -> dict[uuid.UUID, float]:
+    """complete_events for SQLite, with SQLAlchemy's portable statements."""
+    now = utcnow()
+    by_result: dict[str, list[ClaimedEvent]] = {}
     for claimed, result in done:
-        key = json.dumps(result, sort_keys=True)
-        by_result.setdefault(key, (result, []))[1].append(claimed)
+        by_result.setdefault(result, []).append(claimed)
     recorded: set[uuid.UUID] = set()
-    for result, claims in by_result.values():
+    for result, claims in by_result.items():
         recorded.update(
             db.session.scalars(
                 update(Event)
                 .where(*_all_held(claims))
                 .values(
                     status=Status.PROCESSED.value,
-                    result=result,
+                    result=json.loads(result),
                     processed_at=now,
                     locked_at=None,
                     locked_by=None,
@@ -158,7 +246,12 @@ def complete_events(done: list[tuple[ClaimedEvent, Any]]) -> dict[uuid.UUID, flo
         execution_options={"synchronize_session": False},
     )
     db.session.commit()
-    return {c.id: (now - c.created_at).total_seconds() * 1000.0 for c in kept}
+    return _latencies(kept, now)
+
+
+def _latencies(claims: list[ClaimedEvent], now: datetime) -> dict[uuid.UUID, float]:
+    """Each event's time from ingest to its completion, in ms."""
+    return {c.id: (now - c.created_at).total_seconds() * 1000.0 for c in claims}
 
 
 def release_claims(claims: list[ClaimedEvent]) -> list[uuid.UUID]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
+from sqlalchemy import event as sa_event
 from sqlalchemy import select
 
 from eventflow.extensions import db
@@ -110,3 +112,30 @@ def wait_terminal(app, ids, timeout: float = 30.0) -> dict[str, str]:
         return current if all(current.get(str(i)) in TERMINAL for i in ids) else None
 
     return wait_for(done, timeout=timeout, message=f"{len(ids)} event(s) to be terminal")
+
+
+def query_plans(app, call: Callable[[], object]) -> list[str]:
+    """Run call() in an app context; return the EXPLAIN of each statement it sent on `events`."""
+    sent: list[tuple[str, object]] = []
+
+    def record(_conn, _cursor, statement, parameters, _context, _executemany):
+        if "events" in statement:
+            sent.append((statement, parameters))
+
+    with app.app_context():
+        sa_event.listen(db.engine, "before_cursor_execute", record)
+        try:
+            call()
+        finally:
+            sa_event.remove(db.engine, "before_cursor_execute", record)
+        raw = db.engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        plans = []
+        for statement, parameters in sent:
+            cursor.execute(f"EXPLAIN {statement}", parameters)
+            plans.append("\n".join(row[0] for row in cursor.fetchall()))
+        return plans
+    finally:
+        raw.rollback()
+        raw.close()

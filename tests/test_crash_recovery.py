@@ -24,13 +24,20 @@ from eventflow.extensions import db
 from eventflow.models import Event, Worker, utcnow
 from eventflow.tasks.queue import get_queue
 from eventflow.tasks.recovery import recover
-from eventflow.transitions import count_waiting, touch_waiting
+from eventflow.transitions import (
+    claim_events,
+    complete_events,
+    count_waiting,
+    find_orphans,
+    touch_waiting,
+)
 from tests.conftest import free_port, wait_for
 from tests.pipeline import (
     PRELOAD,
     attempt_rows,
     events_by_id,
     ingest,
+    query_plans,
     read_effects,
     statuses,
     wait_terminal,
@@ -333,3 +340,51 @@ def test_recovery_forgets_workers_silent_for_an_hour_but_keeps_live_ones(app):
         db.session.commit()
         recover(get_queue(), app.config["EVENTFLOW"])
         assert db.session.scalars(select(Worker.id)).all() == ["live:2"]
+
+
+BIG_TABLE = """
+    INSERT INTO events (id, user_id, type, payload, status, attempts, replayed_attempts,
+                        created_at, next_attempt_at, locked_at, locked_by)
+    SELECT gen_random_uuid(), CAST(:user AS uuid), 'BULK', '{}',
+           CASE WHEN g % 100 = 0 THEN 'PENDING' WHEN g % 101 = 0 THEN 'PROCESSING'
+                ELSE 'PROCESSED' END,
+           1, 0, now() - g * interval '1 second', now() - g * interval '1 second',
+           CASE WHEN g % 101 = 0 THEN now() - interval '1 hour' END,
+           CASE WHEN g % 101 = 0 THEN 'dead:1' END
+    FROM generate_series(1, :rows) AS g
+"""
+
+
+def test_claims_and_recovery_stay_index_scans_on_a_big_table(app, make_user):
+    # 30,000 events, 1 % waiting and 1 % claimed by a dead worker, analyzed; then a backlog
+    # of 30,000 more the statistics have not seen (as right after a burst of ingest).
+    user = make_user()
+    with app.app_context():
+        db.session.execute(text(BIG_TABLE), {"user": str(user.id), "rows": 30000})
+        db.session.execute(text("ANALYZE events"))
+        db.session.execute(
+            text(BIG_TABLE.replace("g % 100 = 0", "true")), {"user": str(user.id), "rows": 30000}
+        )
+        db.session.commit()
+        backlog = db.session.scalars(
+            select(Event.id).where(Event.status == "PENDING").limit(500)
+        ).all()
+        db.session.rollback()
+    cutoff = utcnow() - timedelta(minutes=5)
+
+    def a_worker_and_recovery():
+        claims = claim_events(list(backlog), "live:1")
+        complete_events([(claimed, "null") for claimed in claims])
+        find_orphans(cutoff, 1000)
+        count_waiting()
+        touch_waiting(cutoff, 1000)
+
+    claim, complete, orphans, waiting, touch, touched = query_plans(app, a_worker_and_recovery)
+    plans = [claim, complete, orphans, waiting, touch, touched]
+    assert all("Seq Scan on events" not in plan for plan in plans), plans
+    # The claim goes by primary key, never through the waiting events (a backlog per claim).
+    assert "events_pkey" in claim and "ix_events_waiting" not in claim, claim
+    assert "events_pkey" in complete or "ix_events_status_created_at" in complete, complete
+    # Recovery: orphans through the status index, lost messages through the waiting index.
+    assert "ix_events_status_created_at" in orphans, orphans
+    assert "ix_events_waiting_next_attempt_at" in touch, touch

@@ -1,5 +1,7 @@
 """A PostgreSQL restart under steady ingest: every answer is a 202 or a 503, never a 500.
 
+A 202 is a stored event and a 503 is an event that was not stored.
+
 The test runs its own PostgreSQL cluster (initdb in a temporary folder, on a free port) so that
 restarting it disturbs nothing else, and drives a real gunicorn with concurrent clients while the
 server restarts. Every 202 must be a committed row; the app must recover on its own.
@@ -146,7 +148,11 @@ def test_a_postgresql_restart_under_ingest_gives_202_or_503_never_500(
             assert "Traceback" not in body
 
     accepted = {key for key, status, _ in answers if status == 202}
+    refused = {key for key, status, _ in answers if status == 503}
     with psycopg2.connect(cluster.url) as conn, conn.cursor() as cur:
         cur.execute("SELECT idempotency_key FROM events")
         stored = {row[0] for row in cur.fetchall()}
     assert accepted <= stored, f"{len(accepted - stored)} accepted events were not stored"
+    # Concurrent requests share one INSERT (group commit): a 503 must mean "not stored" for
+    # exactly the requests of the group that failed, and never for another group's rows.
+    assert not refused & stored, f"{len(refused & stored)} events answered 503 were stored"

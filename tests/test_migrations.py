@@ -24,9 +24,31 @@ def test_postgresql_uses_jsonb_and_native_uuid_and_indexes_the_list_queries(app)
         columns = {c["name"]: c for c in inspector.get_columns("events")}
         assert columns["payload"]["type"].__class__.__name__ == "JSONB"
         assert columns["id"]["type"].__class__.__name__ == "UUID"
-        indexed = {tuple(i["column_names"]) for i in inspector.get_indexes("events")}
-    assert {("user_id",), ("status",), ("created_at",)} <= indexed
-    assert ("user_id", "created_at") in indexed
+        indexes = inspector.get_indexes("events")
+    # CONTRACT section 4: user_id, status and created_at are indexed. A composite index serves
+    # every query on its leading column, so each must lead a full (not partial) index.
+    full = [i for i in indexes if "postgresql_where" not in i.get("dialect_options", {})]
+    assert {"user_id", "status", "created_at"} <= {i["column_names"][0] for i in full}
+    listing = {tuple(i["column_names"]) for i in full}
+    assert {("user_id", "created_at"), ("status", "created_at"), ("type", "created_at")} <= listing
+    # No index repeats another's leading column: each one costs every claim and completion.
+    leading = [i["column_names"][0] for i in full if not i["unique"]]
+    assert len(leading) == len(set(leading)), leading
+
+
+def test_claims_and_completions_leave_the_pipelines_partial_indexes_alone(app):
+    with app.app_context():
+        partial = {
+            i["name"]: i["dialect_options"]["postgresql_where"]
+            for i in inspect(db.engine).get_indexes("events")
+            if "postgresql_where" in i.get("dialect_options", {})
+        }
+    # Waiting events only (PROCESSING and PROCESSED rows have no entry), processed ones only.
+    assert set(partial) == {"ix_events_waiting_next_attempt_at", "ix_events_processed_at"}
+    assert "PENDING" in partial["ix_events_waiting_next_attempt_at"]
+    assert "RETRYING" in partial["ix_events_waiting_next_attempt_at"]
+    assert "PROCESSING" not in partial["ix_events_waiting_next_attempt_at"]
+    assert "processed_at IS NOT NULL" in partial["ix_events_processed_at"]
 
 
 def test_db_upgrade_builds_the_schema_on_an_empty_sqlite_file(base_env, tmp_path):

@@ -9,6 +9,7 @@ from statistics import mean
 import pytest
 from sqlalchemy import update
 
+from eventflow import transitions
 from eventflow.extensions import db
 from eventflow.models import Event, utcnow
 from eventflow.tasks import processing
@@ -240,3 +241,27 @@ def test_a_batch_slower_than_expected_gives_back_the_events_it_has_not_started(
     assert [len(attempt_rows(app, i)) for i in ids] == [1, 0, 0, 0, 0]
     assert read_effects(effects) == {ids[0]: [1]}
     assert batch_sizer.size() == 1  # and it has learned to take one at a time
+
+
+def test_a_success_is_recorded_only_on_a_claim_still_held(client, app, auth):
+    ids = [ingest(client, auth, "TEST_OK", {}) for _ in range(3)]
+    results = ['{"note": "a \\"quoted\\" \\u00e9 text"}', "null", "[1, 2.5, true]"]
+    with app.app_context():
+        claims = transitions.claim_events([uuid.UUID(i) for i in reversed(ids)], "w:1")
+        assert [str(c.id) for c in claims] == ids[::-1]  # in the order asked
+        claims.reverse()
+        # Meanwhile recovery takes the second one back (its worker looked dead).
+        later = utcnow() + timedelta(hours=1)
+        assert transitions.release_orphan(claims[1].id, 1, later, 5) == "RETRYING"
+        recorded = transitions.complete_events(list(zip(claims, results, strict=True)))
+    assert set(recorded) == {claims[0].id, claims[2].id}
+    events = events_by_id(app, ids)
+    assert [events[i]["status"] for i in ids] == ["PROCESSED", "RETRYING", "PROCESSED"]
+    assert events[ids[0]]["result"] == {"note": 'a "quoted" \u00e9 text'}
+    assert events[ids[1]]["result"] is None
+    assert events[ids[2]]["result"] == [1, 2.5, True]
+    assert [[r["outcome"] for r in attempt_rows(app, i)] for i in ids] == [
+        ["succeeded"],
+        ["lost"],
+        ["succeeded"],
+    ]

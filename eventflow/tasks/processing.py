@@ -22,7 +22,9 @@ MAX_ERROR_LENGTH = 2000
 # A batch runs for at most about this long before giving the rest back: it bounds how long a
 # claimed event waits for its turn (and how long SIGTERM waits for a batch).
 BATCH_SECONDS = 0.05
-MAX_BATCH = 100
+# Only handlers faster than 0.1 ms reach the cap. Each batch costs two statements and a few
+# round trips whatever its size; at 100 that fixed cost was a third of a no-op event's CPU.
+MAX_BATCH = 500
 # Successes are committed once this long has passed since the last commit: a worker killed
 # mid-batch repeats at most the handlers that finished in that window.
 FLUSH_SECONDS = 0.005
@@ -41,17 +43,19 @@ class InFlight:
         self._events: dict[uuid.UUID, int] = {}
         self.processed = 0
 
-    def add(self, event_id: uuid.UUID) -> None:
+    def add(self, event_ids: list[uuid.UUID]) -> None:
         with self._lock:
-            self._events[event_id] = self._events.get(event_id, 0) + 1
+            for event_id in event_ids:
+                self._events[event_id] = self._events.get(event_id, 0) + 1
 
-    def remove(self, event_id: uuid.UUID) -> None:
+    def remove(self, event_ids: list[uuid.UUID]) -> None:
         with self._lock:
-            self.processed += 1
-            if self._events.get(event_id, 0) <= 1:
-                self._events.pop(event_id, None)
-            else:
-                self._events[event_id] -= 1
+            self.processed += len(event_ids)
+            for event_id in event_ids:
+                if self._events.get(event_id, 0) <= 1:
+                    self._events.pop(event_id, None)
+                else:
+                    self._events[event_id] -= 1
 
     def ids(self) -> list[uuid.UUID]:
         with self._lock:
@@ -66,12 +70,12 @@ def backoff_delay(attempt: int, base: float, maximum: float) -> float:
     return random.uniform(0, min(maximum, base * 2 ** (attempt - 1)))
 
 
-def _json_result(value: Any) -> Any:
-    """Round-trip the handler's result through strict JSON, as the database will store it."""
+def _json_result(value: Any) -> str:
+    """The handler's result as the strict JSON text the database will store."""
     text = json.dumps(value, allow_nan=False)
     if "\\u0000" in text:
         raise ValueError("handler result contains a NUL character")
-    return json.loads(text)
+    return text
 
 
 def _describe(exc: BaseException) -> str:
@@ -115,18 +119,17 @@ def process_event(event_id: str, queue, settings: Settings) -> None:
     if not claims:
         logger.debug("event(s) %s not claimable (done, claimed or not due): skipped", list(ids))
         return
-    for claimed in claims:
-        in_flight.add(claimed.id)
+    claimed_ids = [claimed.id for claimed in claims]
+    in_flight.add(claimed_ids)
     try:
         _run_batch(claims, queue, settings)
     finally:
-        for claimed in claims:
-            in_flight.remove(claimed.id)
+        in_flight.remove(claimed_ids)
 
 
 def _run_batch(claims: list[transitions.ClaimedEvent], queue, settings: Settings) -> None:
     started = flushed = time.monotonic()
-    done: list[tuple[transitions.ClaimedEvent, Any]] = []
+    done: list[tuple[transitions.ClaimedEvent, str]] = []
     ran = 0
     for index, claimed in enumerate(claims):
         if index and time.monotonic() - started > BATCH_SECONDS:
@@ -148,10 +151,10 @@ def _run_batch(claims: list[transitions.ClaimedEvent], queue, settings: Settings
 
 
 def _run(claimed: transitions.ClaimedEvent, queue, settings: Settings) -> Any:
-    """Call the handler; return its JSON result, or FAILED after recording a retry or the DLQ."""
+    """Call the handler; return its result as JSON text, or FAILED after a retry or the DLQ."""
     func = get_handler(claimed.type)
     try:
-        return _json_result(func(claimed)) if func is not None else None
+        return _json_result(func(claimed)) if func is not None else "null"
     except PermanentError as exc:
         _to_dlq(claimed, queue, exc)
     except Exception as exc:
@@ -162,7 +165,7 @@ def _run(claimed: transitions.ClaimedEvent, queue, settings: Settings) -> Any:
     return FAILED
 
 
-def _complete(done: list[tuple[transitions.ClaimedEvent, Any]], queue) -> None:
+def _complete(done: list[tuple[transitions.ClaimedEvent, str]], queue) -> None:
     if not done:
         return
     latencies = transitions.complete_events(done)
