@@ -214,14 +214,18 @@ class Peer:
     def _push(self, count: int, errors: list) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
-        for n in range(count):
-            body = json.dumps({"type": EVENT_TYPE, "payload": {"n": n}})
-            connection.request("POST", "/api/v1/events", body, headers)
-            response = connection.getresponse()
-            response.read()
-            if response.status != 202:
-                errors.append(response.status)
-        connection.close()
+        try:
+            for n in range(count):
+                body = json.dumps({"type": EVENT_TYPE, "payload": {"n": n}})
+                connection.request("POST", "/api/v1/events", body, headers)
+                response = connection.getresponse()
+                response.read()
+                if response.status != 202:
+                    errors.append(response.status)
+        except (OSError, http.client.HTTPException) as exc:
+            errors.append(repr(exc))
+        finally:
+            connection.close()
 
     def queue_backlog(self, events: int) -> float:
         """POST N events; return the seconds it took (the peer's ingest, for information)."""
@@ -243,7 +247,10 @@ class Peer:
         queued = self.store.llen("bull:events:wait")
         stored = scalar(self.conn, "SELECT count(*) FROM events")
         if errors or queued != events or stored != events:
-            fail(f"peer backlog: {len(errors)} errors, {queued} jobs, {stored} rows for {events}")
+            fail(
+                f"peer backlog: {len(errors)} errors (first: {errors[:1]}), {queued} jobs, "
+                f"{stored} rows for {events}"
+            )
         return seconds
 
     def drain(self, events: int) -> Drain:
