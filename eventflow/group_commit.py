@@ -17,7 +17,6 @@ embedded SQLite mode keeps the single-row statement.
 
 from __future__ import annotations
 
-import json
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -50,10 +49,10 @@ MAX_GROUP = 500  # rows per statement; more wait for the next one
 class Pending:
     """One request's row, and what became of it once its group was flushed."""
 
-    id: uuid.UUID
+    id: str
     user_id: uuid.UUID
     type: str
-    payload: dict
+    payload_json: bytes  # validated: storable, compact
     idempotency_key: str | None
     created_at: datetime
     generation: int
@@ -65,10 +64,10 @@ class Pending:
 
     def values(self) -> tuple:
         return (
-            str(self.id),
+            self.id,
             str(self.user_id),
             self.type,
-            json.dumps(self.payload, separators=(",", ":"), ensure_ascii=False),
+            self.payload_json.decode(),
             self.idempotency_key,
             self.created_at,
             self.generation,
@@ -79,7 +78,7 @@ class Pending:
 class GroupCommitter:
     """Writes the rows of concurrent requests together; one per process (see ingest.py)."""
 
-    def __init__(self, engine: Engine, enqueue: Callable[[list[uuid.UUID]], object]):
+    def __init__(self, engine: Engine, enqueue: Callable[[list[str]], object]):
         self.engine = engine
         self.enqueue = enqueue
         self._lock = threading.Lock()

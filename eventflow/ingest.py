@@ -96,15 +96,14 @@ def _event_rules(body: Any, fields: frozenset[str]) -> tuple[str, dict]:
     return event_type, payload
 
 
-def validate_event(body: Any) -> tuple[str, dict]:
-    """Return (type, payload) from a request body, or a 400 naming the field at fault."""
+def validate_event(body: Any) -> tuple[str, dict, bytes]:
+    """(type, payload, the payload's JSON text) from a request body, or a 400 naming the field."""
     try:
         event_type, payload = _event_rules(body, EVENT_FIELDS)
-        if _unstorable(payload):
-            raise _Invalid("invalid_payload", "payload", UNSTORABLE_RULE)
+        text = _storable_json(payload)  # also the check that it can be stored
     except _Invalid as exc:
         raise ApiError(400, exc.code, f"{exc.field or 'the body'} {exc.reason}") from None
-    return event_type, payload
+    return event_type, payload, text
 
 
 def check_idempotency_key(key: str | None) -> str | None:
@@ -183,17 +182,21 @@ def create_event(
     event_type: str,
     payload: dict,
     idempotency_key: str | None = None,
-) -> tuple[uuid.UUID, bool]:
-    """Commit and queue a new event; return (id, created). A repeated key returns the same id."""
+    payload_json: bytes | None = None,
+) -> tuple[uuid.UUID | str, bool]:
+    """Commit and queue a new event; return (id, created). A repeated key returns the same id.
+
+    `payload_json` is the payload's JSON text from validate_event (computed here if not given).
+    """
     committer: GroupCommitter | None = current_app.extensions.get(COMMITTER_KEY)
     if committer is None:
         return _create_one(credentials, event_type, payload, idempotency_key)
     row = committer.submit(
         Pending(
-            id=uuid.uuid4(),
+            id=new_event_id(),
             user_id=credentials.user_id,
             type=event_type,
-            payload=payload,
+            payload_json=payload_json if payload_json is not None else _storable_json(payload),
             idempotency_key=idempotency_key,
             created_at=utcnow(),
             generation=credentials.generation,
@@ -330,6 +333,11 @@ def _storable_json(payload: dict) -> bytes:
         if text is None:  # e.g. an integer beyond 64 bits, which jsonb keeps exactly
             text = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
     return text
+
+
+def new_event_id() -> str:
+    """One random (version 4) UUID as text, the fast way (see _new_ids)."""
+    return _new_ids(1)[0]
 
 
 def _new_ids(count: int) -> list[str]:

@@ -15,8 +15,10 @@ from .serialize import event_to_dict, page_to_dict
 @limit_ingest
 def create_event():
     key = ingest.check_idempotency_key(request.headers.get("Idempotency-Key"))
-    event_type, payload = ingest.validate_event(json_body())
-    event_id, created = ingest.create_event(current_credentials(), event_type, payload, key)
+    event_type, payload, payload_json = ingest.validate_event(json_body())
+    event_id, created = ingest.create_event(
+        current_credentials(), event_type, payload, key, payload_json
+    )
     headers = {"Location": f"/api/v1/events/{event_id}"}
     return {"eventId": str(event_id), "status": "queued"}, 202 if created else 200, headers
 
