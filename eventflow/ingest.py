@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import orjson
 from flask import Flask, current_app
-from sqlalchemy import Connection, bindparam, cast, exists, insert, select
+from sqlalchemy import Connection, bindparam, exists, insert, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
@@ -136,31 +136,20 @@ _EVENT_ID_FOR_KEY = select(_EVENTS.c.id).where(
 
 
 @functools.cache
-def _guarded_insert(dialect: str):
-    """INSERT … SELECT <row> WHERE <the session is live> RETURNING id, built once per dialect.
+def _guarded_insert():
+    """The embedded path's INSERT … SELECT <row> WHERE <the session is live> RETURNING id.
 
-    The session check (user exists, token generation current, session not logged out) rides in
-    the insert itself, so ingest honours revocation at no extra round trip. A plain INSERT, not
-    the dialects' ON CONFLICT variant: SQLAlchemy cannot cache the compiled form of that one with
-    a SELECT, and compiling it on every request cost ~1 ms (BENCHMARKS.md). A repeated
-    Idempotency-Key is the unique index's IntegrityError instead; a racing repeat waits for the
-    first row's commit either way.
+    Built once. The session check (user exists, token generation current, session not logged
+    out) rides in the insert itself, as in the group commit's statement on PostgreSQL. A plain
+    INSERT rather than ON CONFLICT: a repeated Idempotency-Key is the unique index's
+    IntegrityError. No casts: SQLite's CAST AS JSON would turn the text into a number.
     """
-
-    def value(name: str):
-        column = _EVENTS.c[name]
-        param = bindparam(name, type_=column.type)
-        # PostgreSQL needs the types spelt out in a SELECT list; SQLite must not cast (its
-        # CAST AS JSON would turn the text into a number).
-        return cast(param, column.type) if dialect == "postgresql" else param
-
     live_session = exists().where(
         _USERS.c.id == bindparam("session_user_id", type_=_USERS.c.id.type),
         _USERS.c.token_generation == bindparam("session_generation"),
     ) & ~exists().where(_REVOKED.c.jti == bindparam("session_id"))
-    statement = insert(_EVENTS).from_select(
-        list(_ROW_COLUMNS), select(*(value(name) for name in _ROW_COLUMNS)).where(live_session)
-    )
+    values = (bindparam(name, type_=_EVENTS.c[name].type) for name in _ROW_COLUMNS)
+    statement = insert(_EVENTS).from_select(list(_ROW_COLUMNS), select(*values).where(live_session))
     return statement.returning(_EVENTS.c.id)
 
 
@@ -248,7 +237,7 @@ def _create_one(
     )
     with ingest_engine().connect() as conn:
         try:
-            inserted = conn.execute(_guarded_insert(conn.dialect.name), row).first()
+            inserted = conn.execute(_guarded_insert(), row).first()
         except IntegrityError:  # the key was used before, or the user is gone
             inserted = None
     if inserted is None:
