@@ -415,7 +415,7 @@ def create_events(credentials: Credentials, batch: list[BatchEvent]) -> BatchOut
     queued = [event_id for event_id, created in items if created]
     # The rows are committed: from here on, losing the queue messages only delays the events.
     if queued:
-        get_queue().enqueue(queued, ingested=len(queued))  # type: ignore[arg-type]  # ids as text
+        get_queue().enqueue(queued, ingested=len(queued))
     return BatchOutcome(items, len(queued), len(items) - len(queued))
 
 

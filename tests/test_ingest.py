@@ -73,6 +73,35 @@ def test_malformed_bodies_get_400_saying_what_is_wrong_and_write_nothing(client,
     assert _count_events(app) == 0
 
 
+def test_numbers_are_stored_exactly_as_sent_and_out_of_range_ones_are_400(client, app, auth):
+    payload = (
+        '{"big": 123456789012345678901234567890, "u64": 18446744073709551616,'
+        ' "i64": -9223372036854775809, "max": 18446744073709551615, "tenth": 0.1,'
+        ' "exp": 2.5e-3, "digits": "12345678901234567890123", "n": [1, -2, 3.5]}'
+    )
+    headers = {**auth, "Content-Type": "application/json"}
+    for path, body in [
+        ("/api/v1/events", f'{{"type": "A", "payload": {payload}}}'),
+        ("/api/v1/events", '{"type": "A", "payload": {"x": -17, "y": [0.5, 1e-3, true, null]}}'),
+        ("/api/v1/events/batch", f'{{"events": [{{"type": "A", "payload": {payload}}}]}}'),
+    ]:
+        response = client.post(path, data=body, headers=headers)
+        assert response.status_code == 202, response.get_json()
+        answer = response.get_json()
+        event_id = answer["items"][0]["eventId"] if "items" in answer else answer["eventId"]
+        sent = json.loads(body)
+        sent = sent["events"][0] if "events" in sent else sent
+        with app.app_context():
+            stored = db.session.get(Event, uuid.UUID(event_id)).payload
+        assert stored == sent["payload"]
+        assert all(isinstance(stored.get(k, 0), int) for k in ("big", "u64", "i64", "max"))
+    for number in ["1e400", "-1e400", "Infinity", "-Infinity", "NaN"]:
+        body = f'{{"type": "A", "payload": {{"x": {number}}}}}'
+        response = client.post("/api/v1/events", data=body, headers=headers)
+        assert response.status_code == 400, number
+        assert response.get_json()["error"]["code"] == "invalid_json"
+
+
 def test_valid_type_characters_and_64_char_limit_are_accepted(client, auth):
     for event_type in ["a", "ORDER_CREATED", "page.view-v2", "x" * 64]:
         response = client.post(

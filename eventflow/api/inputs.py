@@ -8,6 +8,7 @@ import math
 import time
 from types import MappingProxyType
 
+import orjson
 from flask import current_app, g, request
 from flask_jwt_extended import decode_token
 from flask_jwt_extended.exceptions import NoAuthorizationError, WrongTokenError
@@ -35,10 +36,27 @@ def json_body() -> object:
     return parse_json(request.get_data(cache=True))  # over 1 MiB -> 413 before we get here
 
 
+# Digits to "9", all else to " ": 19 nines in a row may be an integer beyond 64 bits, which
+# orjson would turn into a float. (A regular expression takes twenty times as long.)
+_DIGITS_AS_NINES = bytes(0x39 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_NUMBER = b"9" * 19
+
+
 def parse_json(raw: bytes) -> object:
-    """Bytes parsed as strict JSON (no NaN/Infinity), or a 400 saying why not."""
-    if not raw.strip():
+    """Bytes parsed as strict JSON (no NaN/Infinity), or a 400 saying why not.
+
+    orjson parses in under half the standard library's time (with its float hook), and refuses
+    NaN, Infinity and numbers out of a double's range as strict JSON asks. What it refuses or
+    might change (a long run of digits) goes to the standard library, which keeps big integers
+    exact and words the 400.
+    """
+    if not raw or raw.isspace():
         raise ApiError(400, "invalid_json", "the request body must be a JSON object")
+    if _LONG_NUMBER not in raw.translate(_DIGITS_AS_NINES):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
     try:
         return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
     except UnicodeDecodeError:

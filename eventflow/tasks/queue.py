@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import redis
 from flask import Flask, current_app
 from huey import RedisHuey, SqliteHuey
+from huey.serializer import Serializer
 
 from ..config import Settings
 from ..stats import DatabaseStats, RedisStats
@@ -23,6 +25,38 @@ _REDIS_OPTIONS = dict(socket_connect_timeout=2, socket_timeout=5, health_check_i
 QUEUE_ERRORS = (redis.RedisError, sqlite3.Error, OSError)
 
 
+_ID_LENGTH = len(str(uuid.UUID(int=0)))
+
+
+def message_writer(huey, process_task) -> Callable[[str], bytes]:
+    """A function that writes Huey's queue message for process_event(<event id>).
+
+    Huey builds a task object, a message tuple and a pickle for every message: a tenth of the
+    CPU an ingest costs. The message of one event differs from the next only in its task id and
+    its argument, two 36-character strings, so the pickle is made once with two markers of that
+    length in their places and each message is the template with the two ids written over them
+    (same length, so the pickle stays valid). A serializer that signs or compresses messages
+    gets Huey's own path.
+    """
+    serializer = huey.serializer
+    if type(serializer) is not Serializer or serializer.comp:
+        return lambda event_id: huey.serialize_task(process_task.s(event_id))
+    task_marker, event_marker = "T" * _ID_LENGTH, "E" * _ID_LENGTH
+    task = process_task.s(event_marker)
+    task.id = task_marker
+    template = huey.serialize_task(task)
+    head, rest = template.split(task_marker.encode())
+    middle, tail = rest.split(event_marker.encode())
+
+    def write(event_id: str) -> bytes:
+        if len(event_id) != _ID_LENGTH or not event_id.isascii():  # let Huey write it
+            return huey.serialize_task(process_task.s(event_id))
+        task_id = os.urandom(18).hex()[:_ID_LENGTH]  # unique; Huey only compares task ids
+        return b"".join((head, task_id.encode(), middle, event_id.encode(), tail))
+
+    return write
+
+
 class EventQueue:
     """Sends event ids to the workers and feeds the live counters in the same round trip."""
 
@@ -31,10 +65,12 @@ class EventQueue:
         self.stats = stats
         self.process_task = process_task
         self.redis = getattr(huey.storage, "conn", None) if isinstance(huey, RedisHuey) else None
+        self._message = message_writer(huey, process_task)
 
-    def enqueue(self, event_ids: Iterable[uuid.UUID], **counts: int) -> bool:
+    def enqueue(self, event_ids: Iterable[uuid.UUID | str], **counts: int) -> bool:
         """Queue the events now; False (logged) when the queue is unreachable."""
-        messages = [self.huey.serialize_task(self.process_task.s(str(i))) for i in event_ids]
+        message = self._message
+        messages = [message(str(i)) for i in event_ids]
         try:
             if self.redis is not None:
                 pipe = self.redis.pipeline(transaction=False)
