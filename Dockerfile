@@ -21,8 +21,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Dependencies first: a code change then reuses this layer instead of reinstalling.
+# gunicorn's C HTTP parser (gunicorn_h1c) may come as source: a compiler for the install only.
 COPY requirements.txt .
-RUN pip install -r requirements.txt
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install -r requirements.txt \
+    && apt-get purge -y gcc libc6-dev && apt-get autoremove -y && rm -rf /var/lib/apt/lists/*
 
 # The code stays owned by root (read-only to the app); only instance/ is the app's to write.
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin eventflow
