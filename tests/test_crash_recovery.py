@@ -24,7 +24,7 @@ from eventflow.extensions import db
 from eventflow.models import Event, Worker, utcnow
 from eventflow.tasks.queue import get_queue
 from eventflow.tasks.recovery import recover
-from eventflow.transitions import (
+from eventflow.tasks.transitions import (
     claim_events,
     complete_events,
     count_waiting,

@@ -9,10 +9,9 @@ from statistics import mean
 import pytest
 from sqlalchemy import update
 
-from eventflow import transitions
 from eventflow.extensions import db
 from eventflow.models import Event, utcnow
-from eventflow.tasks import processing
+from eventflow.tasks import processing, transitions
 from eventflow.tasks.processing import BATCH_SECONDS, backoff_delay, batch_sizer, process_event
 from eventflow.tasks.queue import get_queue
 from tests.pipeline import (

@@ -13,8 +13,8 @@ import traceback
 import uuid
 from typing import Any
 
-from .. import transitions
 from ..config import Settings
+from . import transitions
 from .registry import PermanentError, get_handler
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from flask import Flask, current_app
 from huey import RedisHuey, SqliteHuey
 
 from ..config import Settings
-from ..stats import DatabaseStats, RedisStats
+from .counters import DatabaseCounters, RedisCounters
 from .processing import process_event
 
 logger = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def build_huey(settings: Settings):
 def init_queue(app: Flask, settings: Settings) -> EventQueue:
     """Build the app's queue and register the process-an-event task on it."""
     huey = build_huey(settings)
-    stats = RedisStats(huey.storage.conn) if settings.redis_url else DatabaseStats()
+    stats = RedisCounters(huey.storage.conn) if settings.redis_url else DatabaseCounters()
 
     queue: EventQueue
 

@@ -11,10 +11,10 @@ import threading
 from flask import Flask
 from sqlalchemy import delete
 
-from .. import transitions
 from ..config import Settings
 from ..extensions import db
 from ..models import Worker, utcnow
+from . import transitions
 from .processing import MAX_BATCH, in_flight, worker_id
 from .queue import EventQueue
 from .recovery import recover
