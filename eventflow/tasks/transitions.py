@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, insert, or_, select, text, tuple_, update
+from sqlalchemy import ColumnElement, delete, func, insert, or_, select, text, tuple_, update
 
 from ..extensions import db
 from ..models import Event, EventAttempt, Outcome, Status, utcnow
@@ -281,44 +281,59 @@ def release_claims(claims: list[ClaimedEvent]) -> list[uuid.UUID]:
     return released
 
 
-def schedule_retry(claimed: ClaimedEvent, error: str, traceback: str, delay: float) -> bool:
-    """Put the event in RETRYING until now + delay; False if the claim was lost meanwhile."""
+def _finish_attempt(
+    event_id: uuid.UUID,
+    number: int,
+    status: Status,
+    outcome: Outcome,
+    error: str,
+    traceback: str | None = None,
+    *,
+    due_in: float | None = None,
+    and_where: tuple[ColumnElement[bool], ...] = (),
+) -> bool:
+    """Close a held claim: move the event to `status`, unlocked, and record its attempt's outcome.
+
+    The guarded UPDATE (still PROCESSING under this attempt, and `and_where`) decides: False, with
+    nothing changed, if the claim was lost meanwhile. `due_in` seconds from now is when the event
+    is due again (None leaves next_attempt_at as it is).
+    """
     now = utcnow()
-    done = db.session.execute(
+    values: dict[str, object] = {"status": status.value, "last_error": error}
+    if due_in is not None:
+        values["next_attempt_at"] = now + timedelta(seconds=due_in)
+    moved = db.session.execute(
         update(Event)
-        .where(*_held(claimed.id, claimed.number))
-        .values(
-            status=Status.RETRYING.value,
-            last_error=error,
-            next_attempt_at=now + timedelta(seconds=delay),
-            locked_at=None,
-            locked_by=None,
-        )
+        .where(*_held(event_id, number), *and_where)
+        .values(**values, locked_at=None, locked_by=None)
         .returning(Event.id)
     ).one_or_none()
-    if done is None:
+    if moved is None:
         db.session.rollback()
         return False
-    _close_attempt(claimed.id, claimed.number, Outcome.RETRY, now, error, traceback)
+    _close_attempt(event_id, number, outcome, now, error, traceback)
     db.session.commit()
     return True
+
+
+def schedule_retry(claimed: ClaimedEvent, error: str, traceback: str, delay: float) -> bool:
+    """Put the event in RETRYING until now + delay; False if the claim was lost meanwhile."""
+    return _finish_attempt(
+        claimed.id,
+        claimed.number,
+        Status.RETRYING,
+        Outcome.RETRY,
+        error,
+        traceback,
+        due_in=delay,
+    )
 
 
 def fail_event(claimed: ClaimedEvent, error: str, traceback: str) -> bool:
     """Move the event to FAILED (the DLQ); False if the claim was lost meanwhile."""
-    now = utcnow()
-    done = db.session.execute(
-        update(Event)
-        .where(*_held(claimed.id, claimed.number))
-        .values(status=Status.FAILED.value, last_error=error, locked_at=None, locked_by=None)
-        .returning(Event.id)
-    ).one_or_none()
-    if done is None:
-        db.session.rollback()
-        return False
-    _close_attempt(claimed.id, claimed.number, Outcome.FAILED, now, error, traceback)
-    db.session.commit()
-    return True
+    return _finish_attempt(
+        claimed.id, claimed.number, Status.FAILED, Outcome.FAILED, error, traceback
+    )
 
 
 def replay_events(event_ids: list[uuid.UUID]) -> list[uuid.UUID]:
@@ -363,7 +378,6 @@ def release_orphan(
     The attempt counts against the budget, so an event that kills its worker every time
     ends in the DLQ instead of looping. Returns the new status, or None if it was not orphaned.
     """
-    now = utcnow()
     event = db.session.execute(
         select(Event.attempts, Event.replayed_attempts).where(
             Event.id == event_id,
@@ -378,24 +392,17 @@ def release_orphan(
     exhausted = event.attempts - event.replayed_attempts >= max_attempts
     new_status = Status.FAILED if exhausted else Status.RETRYING
     error = "worker lost while processing (no heartbeat within the visibility timeout)"
-    done = db.session.execute(
-        update(Event)
-        .where(*_held(event_id, number), Event.locked_at < cutoff)
-        .values(
-            status=new_status.value,
-            last_error=error,
-            next_attempt_at=now,
-            locked_at=None,
-            locked_by=None,
-        )
-        .returning(Event.id)
-    ).one_or_none()
-    if done is None:
-        db.session.rollback()
-        return None
-    _close_attempt(event_id, number, Outcome.LOST, now, error)
-    db.session.commit()
-    return new_status.value
+    # Due at once: a retry goes back to the queue now (and a failure's due time is unused).
+    released = _finish_attempt(
+        event_id,
+        number,
+        new_status,
+        Outcome.LOST,
+        error,
+        due_in=0,
+        and_where=(Event.locked_at < cutoff,),
+    )
+    return new_status.value if released else None
 
 
 def find_orphans(cutoff: datetime, limit: int) -> list[tuple[uuid.UUID, int]]:
