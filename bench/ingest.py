@@ -51,7 +51,7 @@ from harness import (
 LUA_SCRIPT = ROOT / "bench" / "ingest.lua"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eventflow_bench"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/12"
-QUEUE_KEY = "huey.redis.eventflow"  # RedisHuey("eventflow")'s list, see eventflow/tasks/queue.py
+QUEUE_KEY = "huey.redis.eventflow"  # RedisHuey("eventflow")'s list, see eventflow/backend.py
 USER_EMAIL = "bench@example.com"
 USER_PASSWORD = "bench-password-123"
 

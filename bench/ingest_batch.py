@@ -49,7 +49,7 @@ from ingest import start_gunicorn
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eventflow_bench_batch"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/10"
-QUEUE_KEY = "huey.redis.eventflow"  # RedisHuey("eventflow")'s list, see eventflow/tasks/queue.py
+QUEUE_KEY = "huey.redis.eventflow"  # RedisHuey("eventflow")'s list, see eventflow/backend.py
 API_USER = "batch-api@example.com"
 COPY_USER = "batch-copy@example.com"
 PASSWORD = "bench-password-123"

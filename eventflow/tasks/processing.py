@@ -115,7 +115,7 @@ def process_event(event_id: str, queue, settings: Settings) -> None:
             ids[uuid.UUID(raw)] = None
         except (ValueError, TypeError, AttributeError):
             logger.error("dropping queue message with a malformed event id %r", raw)
-    claims = transitions.claim_events(list(ids), worker_id()) if ids else []
+    claims = queue.database.claim_events(list(ids), worker_id()) if ids else []
     if not claims:
         logger.debug("event(s) %s not claimable (done, claimed or not due): skipped", list(ids))
         return
@@ -168,7 +168,7 @@ def _run(claimed: transitions.ClaimedEvent, queue, settings: Settings) -> Any:
 def _complete(done: list[tuple[transitions.ClaimedEvent, str]], queue) -> None:
     if not done:
         return
-    latencies = transitions.complete_events(done)
+    latencies = queue.database.complete_events(done)
     for claimed, _ in done:
         if claimed.id not in latencies:
             logger.warning("event %s: claim lost before completion; result dropped", claimed.id)

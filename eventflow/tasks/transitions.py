@@ -68,9 +68,8 @@ def claim_events(event_ids: list[uuid.UUID], worker_id: str) -> list[ClaimedEven
     """Atomically take the due PENDING/RETRYING events among these and open an attempt for each.
 
     One transaction however many: the others (processed, claimed, not due) are not returned.
+    PostgreSQL: one statement (CLAIM); SQLite uses claim_events_portable (eventflow/backend.py).
     """
-    if db.session.get_bind().dialect.name != "postgresql":
-        return _claim_events_portable(event_ids, worker_id)
     # The ids go as one array literal and come back as text: turning 500 ids per batch back
     # into UUID objects was the largest cost of a claim, and we hold those objects already.
     asked = {str(event_id): event_id for event_id in event_ids}
@@ -90,7 +89,7 @@ def _with_uuids(rows, asked: dict[str, uuid.UUID]) -> Iterator[tuple]:
         yield (asked[event_id], type_, payload, users[user_id], *rest)
 
 
-def _claim_events_portable(event_ids: list[uuid.UUID], worker_id: str) -> list[ClaimedEvent]:
+def claim_events_portable(event_ids: list[uuid.UUID], worker_id: str) -> list[ClaimedEvent]:
     """claim_events for SQLite (the embedded default), with SQLAlchemy's portable statements."""
     now = utcnow()
     rows = db.session.execute(
@@ -199,10 +198,9 @@ COMPLETE = text(
 def complete_events(done: list[tuple[ClaimedEvent, str]]) -> dict[uuid.UUID, float]:
     """Mark PROCESSED with their results (JSON text), in one transaction; lost claims are skipped.
 
-    Returns the latency in ms of each event recorded.
+    Returns the latency in ms of each event recorded. PostgreSQL: one statement (COMPLETE);
+    SQLite uses complete_events_portable (eventflow/backend.py).
     """
-    if db.session.get_bind().dialect.name != "postgresql":
-        return _complete_events_portable(done)
     now = utcnow()
     # Ids and numbers need no escaping; each result is already valid JSON text.
     batch = ",".join(f'["{c.id}",{c.number},{result}]' for c, result in done)
@@ -212,7 +210,7 @@ def complete_events(done: list[tuple[ClaimedEvent, str]]) -> dict[uuid.UUID, flo
     return _latencies(kept, now)
 
 
-def _complete_events_portable(done: list[tuple[ClaimedEvent, str]]) -> dict[uuid.UUID, float]:
+def complete_events_portable(done: list[tuple[ClaimedEvent, str]]) -> dict[uuid.UUID, float]:
     """complete_events for SQLite, with SQLAlchemy's portable statements."""
     now = utcnow()
     by_result: dict[str, list[ClaimedEvent]] = {}

@@ -89,10 +89,10 @@ def _recovery_loop(app: Flask, queue: EventQueue, settings: Settings, stop: thre
     while not stop.wait(interval):
         with app.app_context():
             try:
-                # With several worker hosts, one recovery pass per interval is enough.
-                if queue.redis is not None and not queue.redis.set(
-                    RECOVERY_LOCK, worker_id(), nx=True, px=max(1, int(interval * 900))
-                ):
+                # With several worker hosts, one recovery pass per interval is enough: the lock
+                # lapses before the next interval, so any live worker may take the next pass.
+                lock_ms = max(1, int(interval * 900))
+                if not queue.broker.shared.hold(RECOVERY_LOCK, worker_id(), lock_ms):
                     continue
                 recover(queue, settings)
             except Exception:
@@ -128,7 +128,7 @@ def run_worker(app: Flask, queue: EventQueue, settings: Settings, workers: int, 
         periodic=False,
         graceful_signal="TERM",
         initial_delay=0.05,
-        max_delay=0.5,  # polling cap for the SQLite queue; Redis blocks on BRPOP instead
+        max_delay=0.5,  # polling cap for a queue that cannot block (Huey's SQLite queue)
     )
     # Ctrl-C is graceful too (as SIGTERM): a second Ctrl-C stops at once.
     consumer._signal_actions[signal.SIGINT] = (False, True)
