@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, redirect, url_for
+from flask_jwt_extended import JWTManager
+from flask_socketio import SocketIO
+from flask_wtf import CSRFProtect
 from sqlalchemy import Engine, create_engine
 
 from .backend import BACKEND_KEY, Database, choose_backend
@@ -80,11 +83,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from .api.fast_ingest import install_fast_ingest
     from .dashboard.live import register_live_stats, socketio_channel
     from .errors import register_error_handlers, register_jwt_errors
-    from .extensions import INGEST_ENGINE_KEY, csrf, db, jwt, migrate, socketio
+    from .extensions import INGEST_ENGINE_KEY, db, migrate
     from .ingest import init_ingest
     from .security import init_security
     from .tasks.queue import init_queue
-    from .tasks.registry import load_handler_modules
 
     app.extensions[BACKEND_KEY] = backend
     db.init_app(app)
@@ -92,11 +94,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         backend.database.prepare(db.engine)
     app.extensions[INGEST_ENGINE_KEY] = _ingest_engine(settings, backend.database)
     migrate.init_app(app, db, directory=str(Path(__file__).resolve().parent.parent / "migrations"))
-    jwt.init_app(app)
-    csrf.init_app(app)
+    # JWTManager, CSRFProtect and SocketIO each keep state of their own (the JWT error loaders,
+    # CSRF exemptions, the Socket.IO server): one per app, so no two apps in a process share it.
+    register_jwt_errors(JWTManager(app))
+    csrf = CSRFProtect(app)
     # Same-origin WebSockets only (the default): the dashboard authenticates by cookie.
     # One pub/sub channel per Redis database, as pub/sub ignores database numbers.
-    socketio.init_app(
+    socketio = SocketIO(
         app,
         message_queue=settings.redis_url,
         channel=socketio_channel(settings.redis_url),
@@ -107,12 +111,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         engineio_logger=False,
     )
     register_live_stats(app, socketio, backend.broker.shared)
-    load_handler_modules(settings.handlers)
     init_queue(app, settings, backend)
     init_ingest(app, settings)
     install_fast_ingest(app)  # in front of Socket.IO's middleware and Flask, behind ProxyFix
     init_security(app, settings)  # after Socket.IO, so ProxyFix sees every request first
-    register_jwt_errors()
 
     from .api import bp as api_bp
     from .api.health import bp as health_bp

@@ -13,11 +13,13 @@ from flask import Flask, current_app
 
 from ..backend import Backend, Database
 from ..config import Settings
-from .processing import process_event
+from .processing import Processor
+from .registry import load_handlers
 
 logger = logging.getLogger(__name__)
 
 QUEUE_KEY = "eventflow.queue"
+PROCESSOR_KEY = "eventflow.processor"
 # What an unreachable queue raises, whichever the broker (eventflow/backend.py).
 QUEUE_ERRORS = (redis.RedisError, sqlite3.Error, OSError)
 
@@ -103,20 +105,29 @@ class EventQueue:
 
 
 def init_queue(app: Flask, settings: Settings, backend: Backend) -> EventQueue:
-    """Build the app's queue on the backend's broker and register the process-an-event task."""
+    """Build the app's queue on the backend's broker, and the processor behind its task."""
     huey = backend.broker.huey
-    queue: EventQueue
+    processor: Processor
 
     @huey.task(name="process_event")  # type: ignore[untyped-decorator]  # huey is untyped
     def process_event_task(event_id: str) -> None:
         with app.app_context():
-            process_event(event_id, queue, settings)
+            processor.process(event_id)
 
     queue = EventQueue(backend, process_event_task)
+    handlers = load_handlers(settings.handlers)
+    processor = Processor(queue, handlers, settings, backend.database)
     app.extensions[QUEUE_KEY] = queue
+    app.extensions[PROCESSOR_KEY] = processor
     return queue
 
 
 def get_queue() -> EventQueue:
     queue: EventQueue = current_app.extensions[QUEUE_KEY]
     return queue
+
+
+def processor_of(app: Flask) -> Processor:
+    """The app's processor: its handlers, its in-flight events, its batch sizer."""
+    processor: Processor = app.extensions[PROCESSOR_KEY]
+    return processor
