@@ -44,8 +44,16 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg2
 import redis
 import requests
-from harness import app_env, drop_database, fail, flask, free_port, recreate_database, stop
-from ingest import start_gunicorn
+from harness import (
+    app_env,
+    drop_database,
+    fail,
+    flask,
+    free_port,
+    recreate_database,
+    start_gunicorn,
+    stop,
+)
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eventflow_bench_batch"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/10"

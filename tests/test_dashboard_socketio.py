@@ -18,7 +18,7 @@ from flask_jwt_extended import create_access_token
 from eventflow.backend import LocalState, RedisState
 from eventflow.dashboard.live import BroadcastLease
 
-from .conftest import launch_gunicorn, wait_for, wait_until_serving
+from .processes import launch_gunicorn, wait_for, wait_until_serving
 
 PASSWORD = "correct-horse"
 NAMESPACE = "/dashboard"

@@ -2,7 +2,7 @@
 
 import requests
 
-from tests.conftest import flask_cli, wait_for
+from tests.processes import flask_cli, wait_for
 
 
 def _walk(base: str, event_type: str, payload: dict) -> dict:
