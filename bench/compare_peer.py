@@ -37,7 +37,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from harness import ROOT, app_env, drop_database, fail, flask, free_port, recreate_database, stop
+from harness import (
+    ROOT,
+    app_env,
+    drop_database,
+    fail,
+    flask,
+    free_port,
+    recreate_database,
+    start_gunicorn,
+    start_redis,
+    stop,
+)
 from ingest import (
     QUEUE_KEY,
     USER_EMAIL,
@@ -48,9 +59,7 @@ from ingest import (
     login,
     require_wrk,
     run_wrk,
-    start_gunicorn,
 )
-from process import start_redis
 
 DEFAULT_PEER_DIR = ROOT.parent / "shared" / "bench" / "peer-node"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eventflow_peerbench"

@@ -42,7 +42,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import redis
-from harness import app_env, drop_database, fail, flask, free_port, recreate_database, stop
+from harness import (
+    app_env,
+    drop_database,
+    fail,
+    flask,
+    free_port,
+    recreate_database,
+    start_redis,
+    start_worker,
+    stop,
+)
 from process import (
     EVENT_TYPE,
     SEED_SQL,
@@ -52,8 +62,6 @@ from process import (
     reset,
     rows,
     scalar,
-    start_redis,
-    start_worker,
     wait_for_heartbeats,
 )
 

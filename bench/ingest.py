@@ -28,7 +28,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,6 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg2
 import redis
 from harness import (
-    BIN,
     ROOT,
     app_env,
     drop_database,
@@ -45,13 +43,14 @@ from harness import (
     flask,
     free_port,
     recreate_database,
+    start_gunicorn,
     stop,
 )
 
 LUA_SCRIPT = ROOT / "bench" / "ingest.lua"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eventflow_bench"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/12"
-QUEUE_KEY = "huey.redis.eventflow"  # RedisHuey("eventflow")'s list, see eventflow/tasks/queue.py
+QUEUE_KEY = "huey.redis.eventflow"  # RedisHuey("eventflow")'s list, see eventflow/backend.py
 USER_EMAIL = "bench@example.com"
 USER_PASSWORD = "bench-password-123"
 
@@ -171,36 +170,6 @@ def require_wrk() -> str:
             "or `brew install wrk` (macOS), then run this again."
         )
     return wrk
-
-
-def start_gunicorn(env: dict[str, str], port: int, log_path: Path) -> subprocess.Popen:
-    log = open(log_path, "wb")  # noqa: SIM115 (closed with the process)
-    proc = subprocess.Popen(
-        [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
-        cwd=ROOT,
-        env={**env, "GUNICORN_BIND": f"127.0.0.1:{port}"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}/health"
-    deadline = time.monotonic() + 30
-    try:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                fail(f"gunicorn exited:\n{log_path.read_text(errors='replace')}")
-            try:
-                with urllib.request.urlopen(url, timeout=1) as response:
-                    if response.status == 200:
-                        return proc
-            except OSError:
-                pass
-            time.sleep(0.1)
-    except BaseException:  # Ctrl-C or SIGTERM meanwhile: the caller has no handle to stop it
-        stop(proc)
-        raise
-    stop(proc)
-    fail(f"gunicorn did not answer /health in 30 s:\n{log_path.read_text(errors='replace')}")
 
 
 def login(base_url: str) -> str:

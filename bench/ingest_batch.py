@@ -44,12 +44,20 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg2
 import redis
 import requests
-from harness import app_env, drop_database, fail, flask, free_port, recreate_database, stop
-from ingest import start_gunicorn
+from harness import (
+    app_env,
+    drop_database,
+    fail,
+    flask,
+    free_port,
+    recreate_database,
+    start_gunicorn,
+    stop,
+)
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eventflow_bench_batch"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/10"
-QUEUE_KEY = "huey.redis.eventflow"  # RedisHuey("eventflow")'s list, see eventflow/tasks/queue.py
+QUEUE_KEY = "huey.redis.eventflow"  # RedisHuey("eventflow")'s list, see eventflow/backend.py
 API_USER = "batch-api@example.com"
 COPY_USER = "batch-copy@example.com"
 PASSWORD = "bench-password-123"

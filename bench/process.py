@@ -39,14 +39,14 @@ from pathlib import Path
 import psycopg2
 import redis
 from harness import (
-    BIN,
     ROOT,
     app_env,
     drop_database,
     fail,
     flask,
-    free_port,
     recreate_database,
+    start_redis,
+    start_worker,
     stop,
 )
 
@@ -77,37 +77,6 @@ class Run:
             f"{self.seconds:6.2f} s  (ingest {self.seed_seconds:5.2f} s)  "
             f"{self.batch:5.1f} events/claim  CPU us/event: {cpu}  load {self.load:.1f}"
         )
-
-
-def start_redis(log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-        + ["--appendonly", "no", "--daemonize", "no"],
-        stdout=open(log_path, "wb"),  # noqa: SIM115 (closed with the process)
-        stderr=subprocess.STDOUT,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            redis.Redis.from_url(url).ping()
-            return proc, url
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    proc.kill()
-    fail(f"redis-server did not start:\n{log_path.read_text(errors='replace')}")
-
-
-def start_worker(env: dict[str, str], workers: int, log_path: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [str(BIN / "flask"), "--app", "wsgi", "worker", "--workers", str(workers), "--processes"],
-        cwd=ROOT,
-        env=env,
-        stdout=open(log_path, "wb"),  # noqa: SIM115 (closed with the process)
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
 
 
 def rows(conn, sql: str, *params) -> list[tuple]:

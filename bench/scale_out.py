@@ -42,7 +42,18 @@ import urllib.request
 from pathlib import Path
 
 import redis
-from harness import ROOT, app_env, drop_database, fail, flask, free_port, recreate_database, stop
+from harness import (
+    ROOT,
+    app_env,
+    drop_database,
+    fail,
+    flask,
+    free_port,
+    recreate_database,
+    start_gunicorn,
+    start_redis,
+    stop,
+)
 from ingest import (
     USER_EMAIL,
     USER_PASSWORD,
@@ -52,9 +63,7 @@ from ingest import (
     login,
     require_wrk,
     run_wrk,
-    start_gunicorn,
 )
-from process import start_redis
 
 NGINX = "/usr/sbin/nginx"
 DEPLOY = ROOT / "deploy"

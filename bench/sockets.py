@@ -54,8 +54,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import redis
-from harness import app_env, drop_database, fail, flask, free_port, recreate_database, stop
-from ingest import CpuMeter, Run, require_wrk, run_wrk, start_gunicorn
+from harness import (
+    app_env,
+    drop_database,
+    fail,
+    flask,
+    free_port,
+    recreate_database,
+    start_gunicorn,
+    stop,
+)
+from ingest import CpuMeter, Run, require_wrk, run_wrk
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eventflow_bench_sockets"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/11"

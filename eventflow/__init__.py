@@ -9,29 +9,18 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, redirect, url_for
+from flask_jwt_extended import JWTManager
+from flask_socketio import SocketIO
+from flask_wtf import CSRFProtect
 from sqlalchemy import Engine, create_engine
-from sqlalchemy import event as sa_event
 
+from .backend import BACKEND_KEY, Database, choose_backend
 from .config import Settings, load_settings
 
 MAX_BODY_BYTES = 1024 * 1024
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
-    # WAL lets the web process read while the worker writes; the busy timeout waits out locks.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-
-
-def _flask_config(settings: Settings) -> dict[str, Any]:
-    if settings.database_url.startswith("sqlite"):
-        engine_options: dict[str, Any] = {"connect_args": {"timeout": 30}}
-    else:
-        # No pre-ping: it would cost a round trip per request. After a PostgreSQL restart the
-        # first query on a stale connection fails (503), and SQLAlchemy then replaces the pool.
-        engine_options = {"pool_size": 8, "max_overflow": 8, "pool_recycle": 1800}
+def _flask_config(settings: Settings, database: Database) -> dict[str, Any]:
     return {
         "SECRET_KEY": settings.secret_key,
         "JWT_SECRET_KEY": settings.jwt_secret_key,
@@ -40,7 +29,7 @@ def _flask_config(settings: Settings) -> dict[str, Any]:
         "JWT_ACCESS_TOKEN_EXPIRES": timedelta(seconds=settings.jwt_access_token_expires),
         "JWT_TOKEN_LOCATION": ["headers"],
         "SQLALCHEMY_DATABASE_URI": settings.database_url,
-        "SQLALCHEMY_ENGINE_OPTIONS": engine_options,
+        "SQLALCHEMY_ENGINE_OPTIONS": database.engine_options(),
         "MAX_CONTENT_LENGTH": MAX_BODY_BYTES,
         "JSON_SORT_KEYS": False,
         "SESSION_COOKIE_HTTPONLY": True,
@@ -52,20 +41,13 @@ def _flask_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _ingest_engine(settings: Settings) -> Engine:
+def _ingest_engine(settings: Settings, database: Database) -> Engine:
     """Autocommit connections for ingest: one INSERT is one round trip and commits on return."""
-    if settings.database_url.startswith("sqlite"):
-        return create_engine(
-            settings.database_url, isolation_level="AUTOCOMMIT", connect_args={"timeout": 30}
-        )
-    # Its own pool, sized like the app's (the two together stay within 32 per process).
-    return create_engine(
-        settings.database_url,
-        isolation_level="AUTOCOMMIT",
-        pool_size=16,
-        max_overflow=0,
-        pool_recycle=1800,
+    engine = create_engine(
+        settings.database_url, isolation_level="AUTOCOMMIT", **database.ingest_engine_options()
     )
+    database.prepare(engine)
+    return engine
 
 
 def _async_mode() -> str:
@@ -94,30 +76,31 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     )
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     settings = load_settings(env, app.instance_path)
-    app.config.update(_flask_config(settings))
+    backend = choose_backend(settings)  # PostgreSQL + Redis, or the embedded SQLite default
+    app.config.update(_flask_config(settings, backend.database))
     app.config.update({k: v for k, v in overrides.items() if not isinstance(v, str)})
 
     from .api.fast_ingest import install_fast_ingest
     from .dashboard.live import register_live_stats, socketio_channel
     from .errors import register_error_handlers, register_jwt_errors
-    from .extensions import INGEST_ENGINE_KEY, csrf, db, jwt, migrate, socketio
+    from .extensions import INGEST_ENGINE_KEY, db, migrate
     from .ingest import init_ingest
     from .security import init_security
     from .tasks.queue import init_queue
-    from .tasks.registry import load_handler_modules
 
+    app.extensions[BACKEND_KEY] = backend
     db.init_app(app)
-    app.extensions[INGEST_ENGINE_KEY] = _ingest_engine(settings)
-    if settings.database_url.startswith("sqlite"):
-        with app.app_context():
-            sa_event.listen(db.engine, "connect", _sqlite_pragmas)
-        sa_event.listen(app.extensions[INGEST_ENGINE_KEY], "connect", _sqlite_pragmas)
+    with app.app_context():
+        backend.database.prepare(db.engine)
+    app.extensions[INGEST_ENGINE_KEY] = _ingest_engine(settings, backend.database)
     migrate.init_app(app, db, directory=str(Path(__file__).resolve().parent.parent / "migrations"))
-    jwt.init_app(app)
-    csrf.init_app(app)
+    # JWTManager, CSRFProtect and SocketIO each keep state of their own (the JWT error loaders,
+    # CSRF exemptions, the Socket.IO server): one per app, so no two apps in a process share it.
+    register_jwt_errors(JWTManager(app))
+    csrf = CSRFProtect(app)
     # Same-origin WebSockets only (the default): the dashboard authenticates by cookie.
     # One pub/sub channel per Redis database, as pub/sub ignores database numbers.
-    socketio.init_app(
+    socketio = SocketIO(
         app,
         message_queue=settings.redis_url,
         channel=socketio_channel(settings.redis_url),
@@ -127,13 +110,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         logger=False,
         engineio_logger=False,
     )
-    register_live_stats(app, socketio)
-    load_handler_modules(settings.handlers)
-    init_queue(app, settings)
+    register_live_stats(app, socketio, backend.broker.shared)
+    init_queue(app, settings, backend)
     init_ingest(app, settings)
     install_fast_ingest(app)  # in front of Socket.IO's middleware and Flask, behind ProxyFix
     init_security(app, settings)  # after Socket.IO, so ProxyFix sees every request first
-    register_jwt_errors()
 
     from .api import bp as api_bp
     from .api.health import bp as health_bp

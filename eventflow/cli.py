@@ -84,14 +84,14 @@ def ensure_admin(email: str) -> None:
 @click.option("--processes", is_flag=True, help="Use processes instead of threads.")
 def worker(workers: int, processes: bool) -> None:
     """Run a Huey consumer; SIGTERM or Ctrl-C finish in-flight events, then exit."""
-    from .tasks.queue import get_queue
+    from .tasks.queue import processor_of
     from .tasks.worker import run_worker
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = current_app._get_current_object()
-    run_worker(app, get_queue(), app.config["EVENTFLOW"], workers, processes)
+    app = current_app._get_current_object()  # type: ignore[attr-defined]  # the proxied app
+    run_worker(app, processor_of(app), workers, processes)
 
 
 @dlq_cli.command("list")

@@ -9,11 +9,12 @@ import time
 
 import psycopg2
 from flask import Flask, jsonify, request
+from flask_jwt_extended import JWTManager
 from flask_limiter import RateLimitExceeded
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, TooManyRequests
 
-from .extensions import db, jwt, limiter
+from .extensions import db, limiter
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +130,8 @@ def register_error_handlers(app: Flask) -> None:
         return error_response(500, "internal_error", "an unexpected error occurred")
 
 
-def register_jwt_errors() -> None:
-    """Give every flask-jwt-extended failure the envelope and a 401."""
+def register_jwt_errors(jwt: JWTManager) -> None:
+    """Give every failure of the app's flask-jwt-extended the envelope and a 401."""
 
     @jwt.unauthorized_loader
     def missing_token(reason: str):

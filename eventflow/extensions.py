@@ -1,13 +1,16 @@
-"""Extensions, created unbound here and bound to the app in create_app()."""
+"""Extensions, created unbound here and bound to the app in create_app().
+
+Only those that keep their per-app state in the app: Flask-SQLAlchemy and Flask-Migrate do.
+JWTManager, CSRFProtect and SocketIO keep theirs in the extension object, so create_app makes
+one of each per app. The limiter is the exception (see eventflow/security.py): its limits are
+decorators bound to views at import, so one Limiter serves every app of a process.
+"""
 
 from flask import current_app
-from flask_jwt_extended import JWTManager
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
-from flask_socketio import SocketIO
 from flask_sqlalchemy import SQLAlchemy
-from flask_wtf import CSRFProtect
 from sqlalchemy import Engine
 from sqlalchemy.orm import DeclarativeBase
 
@@ -18,9 +21,6 @@ class Base(DeclarativeBase):
 
 db = SQLAlchemy(model_class=Base)
 migrate = Migrate()
-jwt = JWTManager()
-socketio = SocketIO()
-csrf = CSRFProtect()
 # Storage, key prefix and failure handling are set by eventflow.security.init_security.
 limiter = Limiter(key_func=get_remote_address)
 

@@ -1,33 +1,22 @@
-"""Live counters and processing latency: one round trip per transition, read by the dashboard.
+"""The dashboard's snapshot: rates, totals, backlog, latency and workers, from the counters.
 
-With Redis, counters live in per-second hashes and latencies in a capped list. In the embedded
-mode they live in the `stat_buckets` table and latencies are read from processed events.
+The counters themselves (Redis or the database) are the pipeline's: eventflow/tasks/counters.py.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import time
-from collections.abc import Iterable
 from datetime import timedelta
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .extensions import db
-from .models import Event, StatBucket, Status, Worker, utcnow
+from .models import Event, Status, Worker, utcnow
+from .tasks.counters import HISTORY_SECONDS, METRICS
 
-logger = logging.getLogger(__name__)
-
-METRICS = ("ingested", "processed", "failed", "retried", "replayed")
 RATE_WINDOW_SECONDS = 5  # per-second rates are averaged over the last few whole seconds
-HISTORY_SECONDS = 300  # the overview chart covers the last five minutes
-LATENCY_SAMPLES = 1000
 WORKER_ALIVE_SECONDS = 15
-_BUCKET_TTL = HISTORY_SECONDS + 60
-_KEY = "eventflow:stats"
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float | None:
@@ -36,98 +25,6 @@ def percentile(sorted_values: list[float], fraction: float) -> float | None:
         return None
     rank = max(1, math.ceil(fraction * len(sorted_values)))
     return round(sorted_values[rank - 1], 1)
-
-
-class RedisStats:
-    def __init__(self, redis):
-        self.redis = redis
-
-    def add_to(self, pipe, counts: dict[str, int], latencies_ms: Iterable[float] = ()) -> None:
-        """Queue the counter updates on a pipeline the caller executes (one round trip)."""
-        second = int(time.time())
-        bucket = f"{_KEY}:s:{second}"
-        for metric, n in counts.items():
-            if n:
-                pipe.hincrby(bucket, metric, n)
-                pipe.hincrby(f"{_KEY}:totals", metric, n)
-        pipe.expire(bucket, _BUCKET_TTL)
-        latencies = [f"{ms:.1f}" for ms in latencies_ms]
-        if latencies:
-            pipe.lpush(f"{_KEY}:latency", *latencies)
-            pipe.ltrim(f"{_KEY}:latency", 0, LATENCY_SAMPLES - 1)
-
-    def record(self, counts: dict[str, int], latencies_ms: Iterable[float] = ()) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        self.add_to(pipe, counts, latencies_ms)
-        pipe.execute()
-
-    def read(self, now: int, span: int = HISTORY_SECONDS) -> tuple[list[dict], dict, list[float]]:
-        """(the `span` whole seconds before `now`, totals, recent latencies)."""
-        pipe = self.redis.pipeline(transaction=False)
-        seconds = range(now - span, now)
-        for second in seconds:
-            pipe.hgetall(f"{_KEY}:s:{second}")
-        pipe.hgetall(f"{_KEY}:totals")
-        pipe.lrange(f"{_KEY}:latency", 0, LATENCY_SAMPLES - 1)
-        *buckets, totals, latencies = pipe.execute()
-        series = [
-            {"t": second, **{m: int(b.get(m.encode(), 0)) for m in METRICS}}
-            for second, b in zip(seconds, buckets, strict=True)
-        ]
-        totals = {m: int(totals.get(m.encode(), 0)) for m in METRICS}
-        return series, totals, [float(v) for v in latencies]
-
-
-class DatabaseStats:
-    def add_to(self, pipe, counts, latencies_ms=()) -> None:
-        self.record(counts, latencies_ms)
-
-    def record(self, counts: dict[str, int], latencies_ms: Iterable[float] = ()) -> None:
-        second = int(time.time())
-        rows = [{"second": second, "metric": m, "count": n} for m, n in counts.items() if n]
-        if not rows:
-            return
-        builder = pg_insert if db.session.get_bind().dialect.name == "postgresql" else sqlite_insert
-        stmt = builder(StatBucket).values(rows)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["second", "metric"],
-            set_={"count": StatBucket.count + stmt.excluded.count},
-        )
-        try:
-            db.session.execute(stmt)
-            db.session.commit()
-        except Exception:  # counters must never break the pipeline they observe
-            db.session.rollback()
-            logger.warning("could not record stats %s", counts, exc_info=True)
-
-    def read(self, now: int, span: int = HISTORY_SECONDS) -> tuple[list[dict], dict, list[float]]:
-        """(the `span` whole seconds before `now`, totals, recent latencies)."""
-        rows = db.session.execute(
-            select(StatBucket.second, StatBucket.metric, StatBucket.count).where(
-                StatBucket.second >= now - span, StatBucket.second < now
-            )
-        ).all()
-        by_second: dict[int, dict[str, int]] = {}
-        for row in rows:
-            by_second.setdefault(row.second, {})[row.metric] = row.count
-        series = [
-            {"t": s, **{m: by_second.get(s, {}).get(m, 0) for m in METRICS}}
-            for s in range(now - span, now)
-        ]
-        totals = dict(
-            db.session.execute(
-                select(StatBucket.metric, func.sum(StatBucket.count)).group_by(StatBucket.metric)
-            ).all()
-        )
-        totals = {m: int(totals.get(m) or 0) for m in METRICS}
-        recent = db.session.execute(
-            select(Event.created_at, Event.processed_at)
-            .where(Event.processed_at.is_not(None))
-            .order_by(Event.processed_at.desc())
-            .limit(LATENCY_SAMPLES)
-        ).all()
-        latencies = [(r.processed_at - r.created_at).total_seconds() * 1000 for r in recent]
-        return series, totals, latencies
 
 
 def snapshot(stats, *, now: float | None = None, history: bool = True) -> dict:

@@ -1,18 +1,15 @@
 """Fixtures: a migrated PostgreSQL database, Redis, the app, clients, users, workers, servers.
 
 Tests use DATABASE_URL / REDIS_URL when set; otherwise a local `eventflow_test` database and
-Redis database 15. A missing service fails the run: nothing is skipped.
+Redis database 15. A missing service fails the run: nothing is skipped. Starting real processes
+(gunicorn, workers, flask commands, Redis) is tests/processes.py's, shared with bench/.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import urlsplit, urlunsplit
@@ -20,11 +17,18 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg2
 import pytest
 import redis as redis_lib
-import requests
 from sqlalchemy import text
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+from tests import processes
+from tests.processes import (
+    ROOT,
+    Process,
+    app_environment,
+    flask_cli,
+    launch_gunicorn,
+    wait_until_serving,
+)
+
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eventflow_test"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
 TABLES = "event_attempts, events, revoked_tokens, users, workers, stat_buckets"
@@ -36,39 +40,6 @@ FAST_PIPELINE = {
     "EVENTFLOW_RECOVERY_INTERVAL_SECONDS": "0.5",
     "EVENTFLOW_HANDLERS": "tests.handlers",
 }
-
-
-def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, message: str = ""):
-    """Poll until predicate() is truthy; return its value or fail with `message`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {message or predicate}")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def flask_cli(env: dict[str, str], *args: str, check: bool = False):
-    """Run `flask --app wsgi ARGS` as a real command; return the finished process (text output)."""
-    done = subprocess.run(
-        [str(BIN / "flask"), "--app", "wsgi", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if check:
-        assert done.returncode == 0, done.stdout + done.stderr
-    return done
 
 
 def _ensure_database(url: str) -> None:
@@ -107,16 +78,10 @@ def redis_url() -> str:
 @pytest.fixture(scope="session")
 def base_env(database_url, redis_url, tmp_path_factory) -> dict[str, str]:
     """Environment for the app and for worker/gunicorn subprocesses."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTFLOW_")}
-    env.update(
-        DATABASE_URL=database_url,
-        REDIS_URL=redis_url,
-        EVENTFLOW_ENV="test",
-        EVENTFLOW_INSTANCE_PATH=str(tmp_path_factory.mktemp("instance")),
-        PYTHONPATH=str(ROOT),
-        **FAST_PIPELINE,
+    instance = str(tmp_path_factory.mktemp("instance"))
+    return app_environment(
+        database_url, redis_url, instance, "test", PYTHONPATH=str(ROOT), **FAST_PIPELINE
     )
-    return env
 
 
 @pytest.fixture(scope="session")
@@ -189,62 +154,14 @@ def admin_auth(client, make_user):
     return bearer(client, make_user(admin=True).email)
 
 
-class Process:
-    """A subprocess of ours (worker, gunicorn) with its output kept in a file for failures."""
-
-    def __init__(self, args, env, log_path: Path):
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(
-            args,
-            cwd=ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def output(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def signal(self, signum) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signum)
-
-    def stop(self, timeout: float = 15) -> int:
-        """SIGTERM, wait; SIGKILL the whole group if it will not go. Returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        """kill -9 the process and everything it started."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-
 @pytest.fixture
-def start_worker(base_env, tmp_path):
+def start_worker(base_env, tmp_path) -> Iterator[Callable[..., Process]]:
     """Factory: start_worker(*args, **env) -> Process running `flask --app wsgi worker`."""
     started: list[Process] = []
 
     def start(*args: str, **env: str) -> Process:
         log = tmp_path / f"worker-{len(started)}.log"
-        proc = Process(
-            [str(BIN / "flask"), "--app", "wsgi", "worker", *args], {**base_env, **env}, log
-        )
+        proc = processes.start_worker({**base_env, **env}, log, *args)
         started.append(proc)
         return proc
 
@@ -259,48 +176,13 @@ def worker(app, start_worker):
     return start_worker("--workers", "2")
 
 
-def launch_gunicorn(
-    env: dict[str, str], log_path: Path, *args: str, port: int | None = None
-) -> tuple[Process, str]:
-    """Start `gunicorn -c gunicorn.conf.py wsgi:app` on a free port; (process, base URL)."""
-    port = port or free_port()
-    proc = Process(
-        [
-            str(BIN / "gunicorn"),
-            "-c",
-            "gunicorn.conf.py",
-            "--bind",
-            f"127.0.0.1:{port}",
-            *args,
-            "wsgi:app",
-        ],
-        env,
-        log_path,
-    )
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def wait_until_serving(proc: Process, url: str, statuses=(200, 503)) -> None:
-    """Wait until gunicorn answers /health (a worker may take seconds to boot under load)."""
-
-    def up():
-        if proc.proc.poll() is not None:
-            pytest.fail(f"gunicorn exited:\n{proc.output()}")
-        try:
-            return requests.get(f"{url}/health", timeout=10).status_code in statuses
-        except requests.RequestException:
-            return False
-
-    wait_for(up, timeout=30, message=f"gunicorn at {url} to answer /health")
-
-
 @pytest.fixture
 def start_server(base_env, tmp_path):
     """Factory: start_server(*gunicorn_args, **env) -> base URL of a running gunicorn."""
     started: list[Process] = []
 
     def start(*args: str, **env: str) -> str:
-        log = tmp_path / f"gunicorn-{len(started)}.log"
+        log: Path = tmp_path / f"gunicorn-{len(started)}.log"
         proc, url = launch_gunicorn({**base_env, **env}, log, *args)
         started.append(proc)
         wait_until_serving(proc, url)

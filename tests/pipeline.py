@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from eventflow.extensions import db
 from eventflow.models import Event, EventAttempt
-from tests.conftest import wait_for
+from tests.processes import wait_for
 
 TERMINAL = ("PROCESSED", "FAILED")
 # gunicorn binds before its workers have imported the app, so conftest's first /health probe

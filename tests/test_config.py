@@ -3,7 +3,7 @@
 import pytest
 
 from eventflow.config import ConfigError, load_settings
-from tests.conftest import flask_cli
+from tests.processes import flask_cli
 
 STRONG = "s" * 40
 

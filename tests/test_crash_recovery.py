@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -24,14 +23,13 @@ from eventflow.extensions import db
 from eventflow.models import Event, Worker, utcnow
 from eventflow.tasks.queue import get_queue
 from eventflow.tasks.recovery import recover
-from eventflow.transitions import (
+from eventflow.tasks.transitions import (
     claim_events,
     complete_events,
     count_waiting,
     find_orphans,
     touch_waiting,
 )
-from tests.conftest import free_port, wait_for
 from tests.pipeline import (
     PRELOAD,
     attempt_rows,
@@ -42,6 +40,7 @@ from tests.pipeline import (
     statuses,
     wait_terminal,
 )
+from tests.processes import Process, free_port, start_redis, wait_for
 
 
 class PrivateRedis:
@@ -51,41 +50,18 @@ class PrivateRedis:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.log_path = tmp_path / "redis.log"
-        self.proc: subprocess.Popen | None = None
+        self.proc: Process | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-            ],
-            stdout=open(self.log_path, "ab"),
-            stderr=subprocess.STDOUT,
-        )
-        wait_for(self._answers, timeout=10, message=f"redis-server on port {self.port}")
-
-    def _answers(self) -> bool:
-        try:
-            return redis.Redis.from_url(self.url, socket_timeout=1).ping()
-        except redis.RedisError:
-            return False
+        """Start it (again) on its port; its log carries on."""
+        self.proc, _ = start_redis(self.log_path, port=self.port)
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
+        if self.proc is not None:
+            self.proc.stop(timeout=10)
         self.proc = None
 
 

@@ -20,7 +20,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 from eventflow.extensions import db
 from eventflow.models import Event, Status
 
-from .conftest import ROOT, Process, free_port, launch_gunicorn, wait_until_serving
+from .processes import ROOT, Process, free_port, launch_gunicorn, wait_until_serving
 
 ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
 CHROMIUM_ARGS = [

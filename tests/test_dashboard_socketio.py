@@ -15,9 +15,10 @@ import socketio
 import websocket
 from flask_jwt_extended import create_access_token
 
+from eventflow.backend import LocalState, RedisState
 from eventflow.dashboard.live import BroadcastLease
 
-from .conftest import launch_gunicorn, wait_for, wait_until_serving
+from .processes import launch_gunicorn, wait_for, wait_until_serving
 
 PASSWORD = "correct-horse"
 NAMESPACE = "/dashboard"
@@ -275,8 +276,8 @@ def test_one_copy_of_each_tick_reaches_every_client_on_every_process(servers, ad
 
 def test_lease_lets_one_process_broadcast_at_a_time(app, redis_url):
     redis = redis_lib.Redis.from_url(redis_url)
-    first = BroadcastLease(redis, "web-1", key="test:lease", ttl_ms=5000)
-    second = BroadcastLease(redis, "web-2", key="test:lease", ttl_ms=5000)
+    first = BroadcastLease(RedisState(redis), "web-1", key="test:lease", ttl_ms=5000)
+    second = BroadcastLease(RedisState(redis), "web-2", key="test:lease", ttl_ms=5000)
     assert first.hold() and first.hold()  # taken, then renewed
     assert not second.hold()
     second.release()  # not the holder: nothing happens
@@ -286,6 +287,21 @@ def test_lease_lets_one_process_broadcast_at_a_time(app, redis_url):
     redis.pexpire("test:lease", 1)  # the holder died and its lease ran out
     wait_for(lambda: redis.exists("test:lease") == 0, timeout=5)
     assert first.hold()
+
+
+def test_without_redis_the_lease_is_the_process_own_and_behaves_alike():
+    shared = LocalState()  # the embedded default's: one web process
+    first = BroadcastLease(shared, "web-1", key="lease", ttl_ms=60_000)
+    second = BroadcastLease(shared, "web-2", key="lease", ttl_ms=60_000)
+    assert first.hold() and first.hold()
+    assert not second.hold()
+    second.release()
+    assert not second.hold()
+    first.release()
+    assert second.hold() and not first.hold()
+    lapsing = BroadcastLease(shared, "web-3", key="short", ttl_ms=1)
+    assert lapsing.hold()
+    wait_for(lambda: BroadcastLease(shared, "web-4", key="short").hold(), timeout=5)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import psycopg2
 import pytest
 import requests
 
-from tests.conftest import flask_cli, free_port, wait_for
+from tests.processes import flask_cli, free_port, wait_for
 
 PASSWORD = "correct-horse"
 

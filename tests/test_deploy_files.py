@@ -24,7 +24,7 @@ import redis as redis_lib
 import yaml
 
 from eventflow.config import ENVIRONMENT_VARIABLES, load_settings
-from tests.conftest import Process, free_port, wait_for
+from tests.processes import Process, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -1,6 +1,6 @@
 """GET /health and /api/v1/health; GET /metrics."""
 
-from tests.conftest import free_port
+from tests.processes import free_port
 
 
 def test_health_is_ok_with_both_checks_on_both_paths(client):

@@ -207,7 +207,8 @@ def test_ingest_answers_202_when_the_queue_is_down_and_the_event_is_kept(
     migrated, base_env, make_user
 ):
     from eventflow import create_app
-    from tests.conftest import bearer, free_port
+    from tests.conftest import bearer
+    from tests.processes import free_port
 
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     app = create_app({**base_env, "REDIS_URL": dead_redis})
@@ -229,7 +230,7 @@ def test_ingest_answers_503_in_the_envelope_when_the_database_is_down(migrated, 
     from flask_jwt_extended import create_access_token
 
     from eventflow import create_app
-    from tests.conftest import free_port
+    from tests.processes import free_port
 
     dead = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
     app = create_app({**base_env, "DATABASE_URL": dead})

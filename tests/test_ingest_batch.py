@@ -12,7 +12,8 @@ from eventflow import create_app, users
 from eventflow.extensions import db
 from eventflow.models import Event
 from eventflow.tasks.queue import get_queue
-from tests.conftest import bearer, flask_cli, free_port, wait_for
+from tests.conftest import bearer
+from tests.processes import flask_cli, free_port, wait_for
 
 BATCH = "/api/v1/events/batch"
 

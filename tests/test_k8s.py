@@ -33,7 +33,8 @@ import requests
 import yaml
 
 from eventflow.config import ENVIRONMENT_VARIABLES, ConfigError, load_settings
-from tests.conftest import BIN, ROOT, Process, _ensure_database, free_port, wait_for
+from tests.conftest import _ensure_database
+from tests.processes import BIN, ROOT, Process, free_port, wait_for
 from tests.test_deploy_files import SERVICES as COMPOSE_SERVICES
 from tests.test_deploy_files import command as compose_command
 from tests.test_deploy_files import dockerfile_cmd, dockerfile_env, seconds, variables_read_by

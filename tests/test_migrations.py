@@ -7,7 +7,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
 from eventflow.extensions import db
-from tests.conftest import flask_cli
+from tests.processes import flask_cli
 
 
 def test_migrated_postgresql_schema_has_no_pending_autogenerate_diff(app):

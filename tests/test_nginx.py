@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ROOT, Process, free_port, wait_for
+from tests.processes import ROOT, Process, free_port, wait_for
 
 NGINX = "/usr/sbin/nginx"
 DEPLOY = ROOT / "deploy"

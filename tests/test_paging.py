@@ -19,7 +19,8 @@ from sqlalchemy import text, update
 from eventflow import create_app, users
 from eventflow.extensions import db
 from eventflow.models import Event, Status
-from tests.conftest import bearer, flask_cli
+from tests.conftest import bearer
+from tests.processes import flask_cli
 from tests.test_dashboard_views import htmx, log_in
 
 NUMBERED_KEYS = {"items", "page", "limit", "total", "pages", "next_cursor"}

@@ -18,7 +18,7 @@ from eventflow import create_app, users
 from eventflow.extensions import db
 from eventflow.models import Event, User
 
-from .conftest import flask_cli, free_port, launch_gunicorn, wait_until_serving
+from .processes import flask_cli, free_port, launch_gunicorn, wait_until_serving
 
 PASSWORD = "correct-horse"
 LIMIT = 3

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 
-from tests.conftest import flask_cli, wait_for
 from tests.pipeline import (
     api_get,
     attempt_rows,
@@ -13,6 +12,7 @@ from tests.pipeline import (
     statuses,
     wait_terminal,
 )
+from tests.processes import flask_cli, wait_for
 
 MAX_ATTEMPTS = "2"
 

@@ -9,12 +9,11 @@ from statistics import mean
 import pytest
 from sqlalchemy import update
 
-from eventflow import transitions
 from eventflow.extensions import db
 from eventflow.models import Event, utcnow
-from eventflow.tasks import processing
-from eventflow.tasks.processing import BATCH_SECONDS, backoff_delay, batch_sizer, process_event
-from eventflow.tasks.queue import get_queue
+from eventflow.tasks import processing, transitions
+from eventflow.tasks.processing import BATCH_SECONDS, backoff_delay
+from eventflow.tasks.queue import get_queue, processor_of
 from tests.pipeline import (
     PRELOAD,
     api_get,
@@ -54,7 +53,7 @@ def _set_due(app, event_id: str, when) -> None:
 def _process(app, event_id: str) -> None:
     """Run the worker's task body in this process, as a queue message would."""
     with app.app_context():
-        process_event(event_id, get_queue(), app.config["EVENTFLOW"])
+        processor_of(app).process(event_id)
 
 
 def test_each_attempt_updates_attempts_last_error_and_its_row(client, app, auth, tmp_path):
@@ -189,7 +188,7 @@ def test_one_task_takes_a_batch_and_records_each_outcome_on_its_own_event(
     client, app, auth, tmp_path, monkeypatch
 ):
     # Fast handlers, and all the time in the world: one task takes every message.
-    monkeypatch.setattr(batch_sizer, "seconds_per_event", 1e-6)
+    monkeypatch.setattr(processor_of(app).sizer, "seconds_per_event", 1e-6)
     monkeypatch.setattr(processing, "BATCH_SECONDS", 60.0)
     effects = {"effects": str(tmp_path / "effects")}
     ok = [ingest(client, auth, "TEST_OK", effects) for _ in range(3)]
@@ -200,7 +199,7 @@ def test_one_task_takes_a_batch_and_records_each_outcome_on_its_own_event(
         queue = get_queue()
         queue.enqueue_later(uuid.UUID(ok[0]), 60)  # a wake-up that is not due yet
         assert queue.huey.pending_count() == 7
-        process_event(ok[0], queue, app.config["EVENTFLOW"])
+        processor_of(app).process(ok[0])
         # Every message was taken; the early wake-up went to the schedule, and the flaky
         # event's own wake-up is the one message queued.
         assert (queue.huey.pending_count(), queue.huey.scheduled_count()) == (1, 1)
@@ -224,14 +223,15 @@ def test_one_task_takes_a_batch_and_records_each_outcome_on_its_own_event(
 def test_a_batch_slower_than_expected_gives_back_the_events_it_has_not_started(
     client, app, auth, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(batch_sizer, "seconds_per_event", 1e-6)
+    sizer = processor_of(app).sizer
+    monkeypatch.setattr(sizer, "seconds_per_event", 1e-6)
     effects = tmp_path / "effects"
     # Each handler alone outlasts the batch's time budget.
     payload = {"effects": str(effects), "seconds": BATCH_SECONDS * 4}
     ids = [ingest(client, auth, "TEST_SLOW", payload) for _ in range(5)]
     with app.app_context():
         queue = get_queue()
-        process_event(ids[0], queue, app.config["EVENTFLOW"])
+        processor_of(app).process(ids[0])
         assert queue.huey.pending_count() == 4  # given back to the queue
 
     events = events_by_id(app, ids)
@@ -240,7 +240,7 @@ def test_a_batch_slower_than_expected_gives_back_the_events_it_has_not_started(
     assert [(events[i]["status"], events[i]["attempts"]) for i in ids[1:]] == [("PENDING", 0)] * 4
     assert [len(attempt_rows(app, i)) for i in ids] == [1, 0, 0, 0, 0]
     assert read_effects(effects) == {ids[0]: [1]}
-    assert batch_sizer.size() == 1  # and it has learned to take one at a time
+    assert sizer.size() == 1  # and it has learned to take one at a time
 
 
 def test_a_success_is_recorded_only_on_a_claim_still_held(client, app, auth):

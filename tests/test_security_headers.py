@@ -9,7 +9,7 @@ import pytest
 import requests
 from playwright.sync_api import sync_playwright
 
-from .conftest import launch_gunicorn, wait_until_serving
+from .processes import launch_gunicorn, wait_until_serving
 from .test_rate_limits import client_at
 
 PASSWORD = "correct-horse"

@@ -20,7 +20,7 @@ import pytest
 import requests
 import socketio
 
-from .conftest import launch_gunicorn, wait_for, wait_until_serving
+from .processes import launch_gunicorn, wait_for, wait_until_serving
 
 FLOOD = 200
 ADMINS = 5

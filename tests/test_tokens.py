@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from eventflow.config import DEV_JWT_SECRET_KEY
-from tests.conftest import flask_cli
+from tests.processes import flask_cli
 
 PASSWORD = "correct-horse"
 STRONG = {"SECRET_KEY": "s" * 40, "JWT_SECRET_KEY": "j" * 40}

@@ -2,7 +2,7 @@
 
 import requests
 
-from tests.conftest import flask_cli, wait_for
+from tests.processes import flask_cli, wait_for
 
 
 def _walk(base: str, event_type: str, payload: dict) -> dict:
@@ -102,4 +102,7 @@ def test_embedded_default_runs_without_postgresql_or_redis(
     assert body["result"]["total"] == 9
     health = requests.get(f"{base}/health", timeout=10).json()
     assert health == {"status": "ok", "checks": {"database": "ok", "queue": "ok"}}
+    # The counters live in the database here: the worker's count reaches the web process.
+    metrics = requests.get(f"{base}/metrics", timeout=10).text
+    assert 'eventflow_events_total{transition="processed"} 1.0' in metrics
     assert (tmp_path / "eventflow.sqlite3").exists() and (tmp_path / "queue.sqlite3").exists()

@@ -10,10 +10,11 @@ second reaches all of them, whatever their number and however many web processes
   compete for a short Redis lease (SET NX PX, renewed every tick); only its holder queries and
   emits. If the holder dies, its lease expires and another process takes over within LEASE_MS.
 * Without Redis (embedded mode) there is no message queue: a process's emit reaches only its
-  own clients, so the single web process broadcasts to them without a lease.
+  own clients, and the lease lives in the process's own memory (backend.LocalState), so the
+  single web process always holds it and broadcasts to them.
 * A viewer gets the chart's five minutes once, in its first `stats`; every later `stats` carries
   the current values and one new chart point (CONTRACT section 9: at most 2 KB). New viewers
-  wait in a Redis set (in memory without Redis) that the broadcaster empties at its next tick.
+  wait in a shared set (Redis; memory without it) that the broadcaster empties at its next tick.
   It sends them that tick with the history, then adds them to the room the ticks go to: both
   travel the one message queue in order, so no tick overtakes the history and none is missed.
 * An Engine.IO connection that has not joined `/dashboard` as an admin within
@@ -35,6 +36,7 @@ from urllib.parse import urlsplit
 from flask import Flask, request
 from flask_socketio import ConnectionRefusedError, Namespace, SocketIO
 
+from ..backend import SharedState
 from ..stats import snapshot
 from ..tasks.queue import get_queue
 from .access import session_admin, token_admin
@@ -54,23 +56,6 @@ NEWCOMERS_KEY = "eventflow:dashboard:newcomers"
 NEWCOMERS_TTL_MS = 60_000  # a set nobody adds to for this long is stale (its viewers left)
 CONNECTING_POLL_SECONDS = 0.01
 
-# Take the lease if it is free, or extend it if we hold it: one atomic step.
-_HOLD_SCRIPT = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('pexpire', KEYS[1], ARGV[2])
-end
-if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return 1
-end
-return 0
-"""
-_RELEASE_SCRIPT = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('del', KEYS[1])
-end
-return 0
-"""
-
 
 def socketio_channel(redis_url: str | None) -> str:
     """The Socket.IO pub/sub channel for this Redis database.
@@ -83,72 +68,63 @@ def socketio_channel(redis_url: str | None) -> str:
 
 
 class BroadcastLease:
-    """A Redis key naming the one process that broadcasts; renewed by its holder each tick."""
+    """A shared key naming the one process that broadcasts; renewed by its holder each tick."""
 
-    def __init__(self, redis, owner: str, key: str = LEASE_KEY, ttl_ms: int = LEASE_MS):
+    def __init__(
+        self, shared: SharedState, owner: str, key: str = LEASE_KEY, ttl_ms: int = LEASE_MS
+    ):
+        self.shared = shared
         self.owner = owner
         self.key = key
         self.ttl_ms = ttl_ms
-        self._hold = redis.register_script(_HOLD_SCRIPT)
-        self._release = redis.register_script(_RELEASE_SCRIPT)
 
     def hold(self) -> bool:
         """Take or renew the lease; True while this owner holds it."""
-        return bool(self._hold(keys=[self.key], args=[self.owner, self.ttl_ms]))
+        return self.shared.hold(self.key, self.owner, self.ttl_ms)
 
     def release(self) -> None:
         """Give the lease up (only if held), so another process can take over at once."""
-        self._release(keys=[self.key], args=[self.owner])
+        self.shared.release(self.key, self.owner)
 
 
 class Newcomers:
     """Viewers waiting for their first `stats` (the one with the chart history).
 
-    With Redis every web process adds its new viewers to one set, which the broadcaster (the
-    lease holder, in any process) empties; without Redis the one web process keeps them here.
+    Every web process adds its new viewers to one shared set, which the broadcaster (the lease
+    holder, in any process) empties.
     """
 
-    def __init__(self, redis=None, key: str = NEWCOMERS_KEY):
-        self.redis = redis
+    def __init__(self, shared: SharedState, key: str = NEWCOMERS_KEY):
+        self.shared = shared
         self.key = key
-        self._local: set[str] = set()
-        self._lock = threading.Lock()
 
     def add(self, sids: list[str]) -> None:
         """Put connected viewers in line for their welcome."""
-        if self.redis is None:
-            with self._lock:
-                self._local.update(sids)
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.sadd(self.key, *sids)
-        pipe.pexpire(self.key, NEWCOMERS_TTL_MS)
-        pipe.execute()
+        self.shared.add_members(self.key, sids, NEWCOMERS_TTL_MS)
 
     def waiting(self) -> list[str]:
         """The viewers in line, from every web process."""
-        if self.redis is None:
-            with self._lock:
-                return sorted(self._local)
-        return sorted(sid.decode() for sid in self.redis.smembers(self.key))
+        return self.shared.members(self.key)
 
     def welcomed(self, sids: list[str]) -> None:
         """Take viewers out of line once they have their history."""
-        if not sids:
-            return
-        if self.redis is None:
-            with self._lock:
-                self._local.difference_update(sids)
-            return
-        self.redis.srem(self.key, *sids)
+        if sids:
+            self.shared.remove_members(self.key, sids)
 
 
 class StatsBroadcaster:
     """One task per process that emits `stats` while this process has viewers."""
 
-    def __init__(self, app: Flask, socketio: SocketIO, interval: float = INTERVAL_SECONDS):
+    def __init__(
+        self,
+        app: Flask,
+        socketio: SocketIO,
+        shared: SharedState,
+        interval: float = INTERVAL_SECONDS,
+    ):
         self.app = app
         self.server = socketio.server  # the server this app's namespace is registered on
+        self.shared = shared
         self.interval = interval
         self._viewers: set[str] = set()
         self._unannounced: set[str] = set()  # viewers not yet added to the Newcomers
@@ -177,19 +153,10 @@ class StatsBroadcaster:
             if not self._viewers:
                 self._has_viewers.clear()
 
-    def _coordination(self) -> tuple[BroadcastLease | None, Newcomers]:
-        with self.app.app_context():
-            redis = get_queue().redis
-        if redis is None:
-            # Embedded mode: no message queue, so this process serves its own viewers.
-            return None, Newcomers()
-        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        return BroadcastLease(redis, owner), Newcomers(redis)
-
     def _run(self) -> None:
-        lease, newcomers = self._coordination()
-        if lease is not None:
-            atexit.register(self._step_down, lease)  # a clean exit hands over at once
+        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        lease, newcomers = BroadcastLease(self.shared, owner), Newcomers(self.shared)
+        atexit.register(self._step_down, lease)  # a clean exit hands over at once
         while True:
             if not self._has_viewers.is_set():
                 self._step_down(lease)
@@ -228,10 +195,10 @@ class StatsBroadcaster:
                 self._unannounced.difference_update(ready)
         return len(ready) < len(arrived)
 
-    def tick(self, lease: BroadcastLease | None, newcomers: Newcomers) -> bool:
+    def tick(self, lease: BroadcastLease, newcomers: Newcomers) -> bool:
         """Emit one snapshot if this process is the broadcaster; True when it emitted."""
         try:
-            if lease is not None and not lease.hold():
+            if not lease.hold():
                 return False
             waiting = newcomers.waiting()
             with self.app.app_context():
@@ -266,9 +233,7 @@ class StatsBroadcaster:
             except (KeyError, ValueError):
                 pass  # left before its welcome (embedded mode: a local room refuses it)
 
-    def _step_down(self, lease: BroadcastLease | None) -> None:
-        if lease is None:
-            return
+    def _step_down(self, lease: BroadcastLease) -> None:
         try:
             lease.release()
         except Exception:
@@ -386,10 +351,13 @@ class DashboardNamespace(Namespace):
         return self.server.manager.eio_sid_from_sid(request.sid, NAMESPACE)
 
 
-def register_live_stats(app: Flask, socketio: SocketIO) -> StatsBroadcaster:
-    """Register the `/dashboard` namespace on the app's Socket.IO server (after init_app)."""
+def register_live_stats(app: Flask, socketio: SocketIO, shared: SharedState) -> StatsBroadcaster:
+    """Register the `/dashboard` namespace on the app's Socket.IO server (after init_app).
+
+    `shared` is the backend's state shared by the web processes: the lease and the newcomers.
+    """
     deadline = AuthDeadline(socketio, app.config["EVENTFLOW"].socket_auth_timeout_seconds)
     deadline.install()
-    broadcaster = StatsBroadcaster(app, socketio)
+    broadcaster = StatsBroadcaster(app, socketio, shared)
     socketio.on_namespace(DashboardNamespace(broadcaster, deadline))
     return broadcaster

@@ -11,11 +11,16 @@ import threading
 import time
 import traceback
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING
 
-from .. import transitions
 from ..config import Settings
-from .registry import PermanentError, get_handler
+from . import transitions
+from .registry import HandlerRegistry, PermanentError
+from .transitions import ClaimedEvent
+
+if TYPE_CHECKING:
+    from ..backend import Database
+    from .queue import EventQueue
 
 logger = logging.getLogger(__name__)
 MAX_ERROR_LENGTH = 2000
@@ -38,7 +43,7 @@ def worker_id() -> str:
 class InFlight:
     """Events this process is running now, so its heartbeat can keep their locks fresh."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._events: dict[uuid.UUID, int] = {}
         self.processed = 0
@@ -62,15 +67,12 @@ class InFlight:
             return list(self._events)
 
 
-in_flight = InFlight()
-
-
 def backoff_delay(attempt: int, base: float, maximum: float) -> float:
     """Exponential backoff with full jitter: random(0, min(max, base * 2**(attempt-1)))."""
     return random.uniform(0, min(maximum, base * 2 ** (attempt - 1)))
 
 
-def _json_result(value: Any) -> str:
+def _json_result(value: object) -> str:
     """The handler's result as the strict JSON text the database will store."""
     text = json.dumps(value, allow_nan=False)
     if "\\u0000" in text:
@@ -83,6 +85,10 @@ def _describe(exc: BaseException) -> str:
     return message[:MAX_ERROR_LENGTH]
 
 
+def _traceback(exc: Exception) -> str:
+    return "".join(traceback.format_exception(exc))
+
+
 class BatchSizer:
     """How many messages one task takes: as many as it recently got through in BATCH_SECONDS.
 
@@ -90,7 +96,7 @@ class BatchSizer:
     handlers, were the cost); slow ones go one at a time, as a batch starts at one event.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.seconds_per_event = BATCH_SECONDS
 
     def size(self) -> int:
@@ -100,97 +106,108 @@ class BatchSizer:
         self.seconds_per_event = (self.seconds_per_event + seconds / events) / 2
 
 
-batch_sizer = BatchSizer()
-FAILED = object()  # _run's result for an attempt that failed (already recorded)
+class Processor:
+    """Runs the queue's messages: claim the events, call their handlers, record the outcomes.
 
-
-def process_event(event_id: str, queue, settings: Settings) -> None:
-    """The task behind every queue message; a message for an event it cannot claim does nothing.
-
-    It takes more waiting messages along (see BatchSizer) and runs them as one batch.
+    One per app, so per worker process: its handlers, the events it is running (for the
+    heartbeat) and how large its batches are, shared with no other app.
     """
-    ids: dict[uuid.UUID, None] = {}  # in message order, duplicates once
-    for raw in [event_id, *queue.take(batch_sizer.size() - 1)]:
+
+    def __init__(
+        self,
+        queue: EventQueue,
+        handlers: HandlerRegistry,
+        settings: Settings,
+        database: Database,
+    ) -> None:
+        self.queue = queue
+        self.handlers = handlers
+        self.settings = settings
+        self.database = database
+        self.in_flight = InFlight()
+        self.sizer = BatchSizer()
+
+    def process(self, event_id: str) -> None:
+        """The task behind every queue message; a message for an event it cannot claim does nothing.
+
+        It takes more waiting messages along (see BatchSizer) and runs them as one batch.
+        """
+        ids: dict[uuid.UUID, None] = {}  # in message order, duplicates once
+        for raw in [event_id, *self.queue.take(self.sizer.size() - 1)]:
+            try:
+                ids[uuid.UUID(raw)] = None
+            except (ValueError, TypeError, AttributeError):
+                logger.error("dropping queue message with a malformed event id %r", raw)
+        claims = self.database.claim_events(list(ids), worker_id()) if ids else []
+        if not claims:
+            logger.debug("event(s) %s not claimable (done, claimed or not due): skipped", list(ids))
+            return
+        claimed_ids = [claimed.id for claimed in claims]
+        self.in_flight.add(claimed_ids)
         try:
-            ids[uuid.UUID(raw)] = None
-        except (ValueError, TypeError, AttributeError):
-            logger.error("dropping queue message with a malformed event id %r", raw)
-    claims = transitions.claim_events(list(ids), worker_id()) if ids else []
-    if not claims:
-        logger.debug("event(s) %s not claimable (done, claimed or not due): skipped", list(ids))
-        return
-    claimed_ids = [claimed.id for claimed in claims]
-    in_flight.add(claimed_ids)
-    try:
-        _run_batch(claims, queue, settings)
-    finally:
-        in_flight.remove(claimed_ids)
+            self._run_batch(claims)
+        finally:
+            self.in_flight.remove(claimed_ids)
 
+    def _run_batch(self, claims: list[ClaimedEvent]) -> None:
+        started = flushed = time.monotonic()
+        done: list[tuple[ClaimedEvent, str]] = []
+        ran = 0
+        for index, claimed in enumerate(claims):
+            if index and time.monotonic() - started > BATCH_SECONDS:
+                # Slower than expected: give the rest back rather than keep them waiting claimed.
+                released = transitions.release_claims(claims[index:])
+                if released:
+                    self.queue.enqueue(released)
+                break
+            ran += 1
+            result = self._run(claimed)
+            if result is not None:
+                done.append((claimed, result))
+            # Record successes often enough that a crash can repeat only the last few ms.
+            if time.monotonic() - flushed > FLUSH_SECONDS:
+                self._complete(done)
+                done, flushed = [], time.monotonic()
+        self._complete(done)
+        self.sizer.observe(time.monotonic() - started, ran)
 
-def _run_batch(claims: list[transitions.ClaimedEvent], queue, settings: Settings) -> None:
-    started = flushed = time.monotonic()
-    done: list[tuple[transitions.ClaimedEvent, str]] = []
-    ran = 0
-    for index, claimed in enumerate(claims):
-        if index and time.monotonic() - started > BATCH_SECONDS:
-            # Slower than expected: give the rest back rather than keep them waiting claimed.
-            released = transitions.release_claims(claims[index:])
-            if released:
-                queue.enqueue(released)
-            break
-        ran += 1
-        result = _run(claimed, queue, settings)
-        if result is not FAILED:
-            done.append((claimed, result))
-        # Record successes often enough that a crash can repeat only the last few milliseconds.
-        if time.monotonic() - flushed > FLUSH_SECONDS:
-            _complete(done, queue)
-            done, flushed = [], time.monotonic()
-    _complete(done, queue)
-    batch_sizer.observe(time.monotonic() - started, ran)
+    def _run(self, claimed: ClaimedEvent) -> str | None:
+        """Call the handler; return its result as JSON text, or None after a retry or the DLQ."""
+        func = self.handlers.get(claimed.type)
+        try:
+            return _json_result(func(claimed)) if func is not None else "null"
+        except PermanentError as exc:
+            self._to_dlq(claimed, exc)
+        except Exception as exc:
+            if claimed.attempt >= self.settings.max_attempts:
+                self._to_dlq(claimed, exc)
+            else:
+                self._retry(claimed, exc)
+        return None
 
+    def _complete(self, done: list[tuple[ClaimedEvent, str]]) -> None:
+        if not done:
+            return
+        latencies = self.database.complete_events(done)
+        for claimed, _ in done:
+            if claimed.id not in latencies:
+                logger.warning("event %s: claim lost before completion; result dropped", claimed.id)
+        if latencies:
+            self.queue.record_latencies(latencies.values(), processed=len(latencies))
 
-def _run(claimed: transitions.ClaimedEvent, queue, settings: Settings) -> Any:
-    """Call the handler; return its result as JSON text, or FAILED after a retry or the DLQ."""
-    func = get_handler(claimed.type)
-    try:
-        return _json_result(func(claimed)) if func is not None else "null"
-    except PermanentError as exc:
-        _to_dlq(claimed, queue, exc)
-    except Exception as exc:
-        if claimed.attempt >= settings.max_attempts:
-            _to_dlq(claimed, queue, exc)
-        else:
-            _retry(claimed, queue, settings, exc)
-    return FAILED
-
-
-def _complete(done: list[tuple[transitions.ClaimedEvent, str]], queue) -> None:
-    if not done:
-        return
-    latencies = transitions.complete_events(done)
-    for claimed, _ in done:
-        if claimed.id not in latencies:
-            logger.warning("event %s: claim lost before completion; result dropped", claimed.id)
-    if latencies:
-        queue.record_latencies(latencies.values(), processed=len(latencies))
-
-
-def _traceback(exc: Exception) -> str:
-    return "".join(traceback.format_exception(exc))
-
-
-def _retry(claimed, queue, settings: Settings, exc: Exception) -> None:
-    delay = backoff_delay(claimed.attempt, settings.retry_base_seconds, settings.retry_max_seconds)
-    if transitions.schedule_retry(claimed, _describe(exc), _traceback(exc), delay):
-        logger.info(
-            "event %s attempt %d failed, retry in %.2fs", claimed.id, claimed.attempt, delay
+    def _retry(self, claimed: ClaimedEvent, exc: Exception) -> None:
+        settings = self.settings
+        delay = backoff_delay(
+            claimed.attempt, settings.retry_base_seconds, settings.retry_max_seconds
         )
-        queue.enqueue_later(claimed.id, delay)
-        queue.record(retried=1)
+        if transitions.schedule_retry(claimed, _describe(exc), _traceback(exc), delay):
+            logger.info(
+                "event %s attempt %d failed, retry in %.2fs", claimed.id, claimed.attempt, delay
+            )
+            self.queue.enqueue_later(claimed.id, delay)
+            self.queue.record(retried=1)
 
-
-def _to_dlq(claimed, queue, exc: Exception) -> None:
-    if transitions.fail_event(claimed, _describe(exc), _traceback(exc)):
-        logger.warning("event %s failed for good: %s", claimed.id, _describe(exc))
-        queue.record(failed=1)
+    def _to_dlq(self, claimed: ClaimedEvent, exc: Exception) -> None:
+        if transitions.fail_event(claimed, _describe(exc), _traceback(exc)):
+            logger.warning("event %s failed for good: %s", claimed.id, _describe(exc))
+            self.queue.record(failed=1)

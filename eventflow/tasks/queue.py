@@ -7,21 +7,22 @@ import os
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import redis
 from flask import Flask, current_app
-from huey import RedisHuey, SqliteHuey
 from huey.serializer import Serializer
 
+from ..backend import Backend, Database
 from ..config import Settings
-from ..stats import DatabaseStats, RedisStats
-from .processing import process_event
+from .processing import Processor
+from .registry import load_handlers
 
 logger = logging.getLogger(__name__)
 
-QUEUE_NAME = "eventflow"
-# Redis must answer quickly or not at all: ingest answers 202 either way.
-_REDIS_OPTIONS = dict(socket_connect_timeout=2, socket_timeout=5, health_check_interval=30)
+QUEUE_KEY = "eventflow.queue"
+PROCESSOR_KEY = "eventflow.processor"
+# What an unreachable queue raises, whichever the broker (eventflow/backend.py).
 QUEUE_ERRORS = (redis.RedisError, sqlite3.Error, OSError)
 
 
@@ -60,28 +61,20 @@ def message_writer(huey, process_task) -> Callable[[str], bytes]:
 class EventQueue:
     """Sends event ids to the workers and feeds the live counters in the same round trip."""
 
-    def __init__(self, huey, stats, process_task):
-        self.huey = huey
-        self.stats = stats
-        self.process_task = process_task
-        self.redis = getattr(huey.storage, "conn", None) if isinstance(huey, RedisHuey) else None
-        self._message = message_writer(huey, process_task)
+    def __init__(self, backend: Backend, process_task: Any) -> None:
+        self.broker = backend.broker
+        self.database: Database = backend.database
+        self.huey = backend.broker.huey
+        self.stats = backend.broker.counters
+        self.process_task = process_task  # a huey TaskWrapper (untyped)
+        self._message = message_writer(self.huey, process_task)
 
     def enqueue(self, event_ids: Iterable[uuid.UUID | str], **counts: int) -> bool:
         """Queue the events now; False (logged) when the queue is unreachable."""
         message = self._message
         messages = [message(str(i)) for i in event_ids]
         try:
-            if self.redis is not None:
-                pipe = self.redis.pipeline(transaction=False)
-                if messages:
-                    pipe.lpush(self.huey.storage.queue_key, *messages)
-                self.stats.add_to(pipe, counts)
-                pipe.execute()
-            else:
-                for message in messages:
-                    self.huey.storage.enqueue(message)
-                self.stats.record(counts)
+            self.broker.send(messages, counts)
             return True
         except QUEUE_ERRORS as exc:
             # The events are committed; recovery re-sends them when the queue is back.
@@ -97,14 +90,14 @@ class EventQueue:
         them leaves the events to recovery. Messages not due yet go to the schedule, as Huey's
         worker would put them.
         """
-        if self.redis is None or limit < 1:
+        if limit < 1:
             return []
         try:
-            messages = self.redis.rpop(self.huey.storage.queue_key, limit) or []
+            messages = self.broker.take(limit)
         except QUEUE_ERRORS as exc:
             logger.warning("could not take more messages: %s", exc)
             return []
-        ids = []
+        ids: list[str] = []
         for message in messages:
             try:
                 task = self.huey.deserialize_task(message)
@@ -139,39 +132,38 @@ class EventQueue:
 
     def messages_waiting(self) -> int:
         """Messages held by the queue and its schedule (raises when the queue is unreachable)."""
-        return self.huey.pending_count() + self.huey.scheduled_count()
+        waiting: int = self.huey.pending_count() + self.huey.scheduled_count()
+        return waiting
 
     def ping(self) -> None:
         """Raise if the queue cannot be reached."""
-        if self.redis is not None:
-            self.redis.ping()
-        else:
-            self.huey.pending_count()
+        self.broker.ping()
 
 
-def build_huey(settings: Settings):
-    if settings.redis_url:
-        pool = redis.ConnectionPool.from_url(settings.redis_url, **_REDIS_OPTIONS)
-        return RedisHuey(QUEUE_NAME, results=False, connection_pool=pool)
-    return SqliteHuey(QUEUE_NAME, results=False, filename=settings.queue_path)
+def init_queue(app: Flask, settings: Settings, backend: Backend) -> EventQueue:
+    """Build the app's queue on the backend's broker, and the processor behind its task."""
+    huey = backend.broker.huey
+    processor: Processor
 
-
-def init_queue(app: Flask, settings: Settings) -> EventQueue:
-    """Build the app's queue and register the process-an-event task on it."""
-    huey = build_huey(settings)
-    stats = RedisStats(huey.storage.conn) if settings.redis_url else DatabaseStats()
-
-    queue: EventQueue
-
-    @huey.task(name="process_event")
+    @huey.task(name="process_event")  # type: ignore[untyped-decorator]  # huey is untyped
     def process_event_task(event_id: str) -> None:
         with app.app_context():
-            process_event(event_id, queue, settings)
+            processor.process(event_id)
 
-    queue = EventQueue(huey, stats, process_event_task)
-    app.extensions["eventflow.queue"] = queue
+    queue = EventQueue(backend, process_event_task)
+    handlers = load_handlers(settings.handlers)
+    processor = Processor(queue, handlers, settings, backend.database)
+    app.extensions[QUEUE_KEY] = queue
+    app.extensions[PROCESSOR_KEY] = processor
     return queue
 
 
 def get_queue() -> EventQueue:
-    return current_app.extensions["eventflow.queue"]
+    queue: EventQueue = current_app.extensions[QUEUE_KEY]
+    return queue
+
+
+def processor_of(app: Flask) -> Processor:
+    """The app's processor: its handlers, its in-flight events, its batch sizer."""
+    processor: Processor = app.extensions[PROCESSOR_KEY]
+    return processor

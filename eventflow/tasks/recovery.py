@@ -12,10 +12,10 @@ from datetime import timedelta
 
 from sqlalchemy import delete
 
-from .. import transitions
 from ..config import Settings
 from ..extensions import db
 from ..models import Status, Worker, utcnow
+from . import transitions
 from .queue import QUEUE_ERRORS, EventQueue
 
 logger = logging.getLogger(__name__)

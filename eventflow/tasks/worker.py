@@ -11,11 +11,11 @@ import threading
 from flask import Flask
 from sqlalchemy import delete
 
-from .. import transitions
 from ..config import Settings
 from ..extensions import db
 from ..models import Worker, utcnow
-from .processing import MAX_BATCH, in_flight, worker_id
+from . import transitions
+from .processing import MAX_BATCH, Processor, worker_id
 from .queue import EventQueue
 from .recovery import recover
 
@@ -26,11 +26,12 @@ RECOVERY_LOCK = "eventflow:recovery-lock"
 class Heartbeat:
     """One thread per process: says this worker is alive and keeps its claims' locks fresh."""
 
-    def __init__(self, app: Flask, settings: Settings, concurrency: int):
+    def __init__(self, app: Flask, processor: Processor, concurrency: int):
         self.app = app
+        self.in_flight = processor.in_flight
         self.concurrency = concurrency
         # Refresh well inside the visibility timeout so a live worker is never taken for dead.
-        self.interval = min(2.0, settings.visibility_timeout_seconds / 3)
+        self.interval = min(2.0, processor.settings.visibility_timeout_seconds / 3)
         self.started_at = utcnow()
         self._pid: int | None = None
         self._stop = threading.Event()
@@ -45,7 +46,7 @@ class Heartbeat:
 
     def beat(self) -> None:
         me = worker_id()
-        ids = in_flight.ids()
+        ids = self.in_flight.ids()
         transitions.refresh_locks(ids, me)
         db.session.merge(
             Worker(
@@ -57,7 +58,7 @@ class Heartbeat:
                 last_seen_at=utcnow(),
                 in_flight=len(ids),
                 current_events=" ".join(str(i) for i in ids[:MAX_BATCH]) or None,
-                processed=in_flight.processed,
+                processed=self.in_flight.processed,
             )
         )
         db.session.commit()
@@ -89,10 +90,10 @@ def _recovery_loop(app: Flask, queue: EventQueue, settings: Settings, stop: thre
     while not stop.wait(interval):
         with app.app_context():
             try:
-                # With several worker hosts, one recovery pass per interval is enough.
-                if queue.redis is not None and not queue.redis.set(
-                    RECOVERY_LOCK, worker_id(), nx=True, px=max(1, int(interval * 900))
-                ):
+                # With several worker hosts, one recovery pass per interval is enough: the lock
+                # lapses before the next interval, so any live worker may take the next pass.
+                lock_ms = max(1, int(interval * 900))
+                if not queue.broker.shared.hold(RECOVERY_LOCK, worker_id(), lock_ms):
                     continue
                 recover(queue, settings)
             except Exception:
@@ -100,10 +101,11 @@ def _recovery_loop(app: Flask, queue: EventQueue, settings: Settings, stop: thre
                 logger.exception("recovery pass failed")
 
 
-def run_worker(app: Flask, queue: EventQueue, settings: Settings, workers: int, processes: bool):
+def run_worker(app: Flask, processor: Processor, workers: int, processes: bool) -> None:
     """Run until SIGTERM or Ctrl-C; both let in-flight events finish before exiting."""
+    queue, settings = processor.queue, processor.settings
     huey = queue.huey
-    heartbeat = Heartbeat(app, settings, workers if not processes else 1)
+    heartbeat = Heartbeat(app, processor, workers if not processes else 1)
 
     @huey.on_startup("eventflow")
     def start_worker() -> None:
@@ -128,7 +130,7 @@ def run_worker(app: Flask, queue: EventQueue, settings: Settings, workers: int, 
         periodic=False,
         graceful_signal="TERM",
         initial_delay=0.05,
-        max_delay=0.5,  # polling cap for the SQLite queue; Redis blocks on BRPOP instead
+        max_delay=0.5,  # polling cap for a queue that cannot block (Huey's SQLite queue)
     )
     # Ctrl-C is graceful too (as SIGTERM): a second Ctrl-C stops at once.
     consumer._signal_actions[signal.SIGINT] = (False, True)

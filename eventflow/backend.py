@@ -1,0 +1,347 @@
+"""What EventFlow runs on, chosen once at start-up: the one place the embedded default differs.
+
+Production runs on PostgreSQL + Redis; the embedded default (no DATABASE_URL, no REDIS_URL) on
+SQLite + Huey's SQLite queue, with no server to install. `choose_backend(settings)`, called by
+create_app, picks the two halves that differ, and the rest of EventFlow uses what it got
+without asking which:
+
+* the database, `PostgreSQL` or `SQLite`: engine options, the claim and completion statements
+  (one statement each on PostgreSQL), the counters' upsert, whether ingest group-commits;
+* the broker, `RedisBroker` or `SqliteBroker`: Huey's storage, where the live counters live,
+  how messages go out with their counters, and the state processes share (leases, locks,
+  sets): Redis, or this process's memory when there is no Redis (`LocalState`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import redis
+from flask import Flask, current_app
+from huey import RedisHuey, SqliteHuey
+from sqlalchemy import Engine
+from sqlalchemy import event as sa_event
+from sqlalchemy.dialects import postgresql, sqlite
+
+from .config import Settings
+from .tasks import transitions
+from .tasks.counters import Counters, DatabaseCounters, RedisCounters
+
+if TYPE_CHECKING:
+    from sqlite3 import Connection as SQLiteConnection
+
+    from sqlalchemy.pool import ConnectionPoolEntry
+
+BACKEND_KEY = "eventflow.backend"
+QUEUE_NAME = "eventflow"
+# Redis must answer quickly or not at all: ingest answers 202 either way.
+REDIS_OPTIONS: dict[str, Any] = dict(
+    socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+)
+# Take the lease if it is free, or extend it if its owner holds it: one atomic step.
+_HOLD_SCRIPT = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+return 0
+"""
+_RELEASE_SCRIPT = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+# --- the database ---------------------------------------------------------------------------
+
+
+class Database(Protocol):
+    """What differs between PostgreSQL and SQLite."""
+
+    name: str
+    # Concurrent ingests of a process share one INSERT and one commit (group_commit.py).
+    group_commit: bool
+    # The dialect's INSERT, which has ON CONFLICT (the counters' upsert).
+    insert: Callable[..., postgresql.Insert | sqlite.Insert]
+
+    def engine_options(self) -> dict[str, Any]:
+        """Options for the app's engine (Flask-SQLAlchemy's SQLALCHEMY_ENGINE_OPTIONS)."""
+        ...
+
+    def ingest_engine_options(self) -> dict[str, Any]:
+        """Options for ingest's autocommit engine (eventflow.extensions.ingest_engine)."""
+        ...
+
+    def prepare(self, engine: Engine) -> None:
+        """Set up every new connection of the engine as this database needs."""
+        ...
+
+    def claim_events(
+        self, event_ids: list[uuid.UUID], worker_id: str
+    ) -> list[transitions.ClaimedEvent]: ...
+
+    def complete_events(
+        self, done: list[tuple[transitions.ClaimedEvent, str]]
+    ) -> dict[uuid.UUID, float]: ...
+
+
+class PostgreSQL:
+    name = "postgresql"
+    group_commit = True
+    insert = staticmethod(postgresql.insert)
+
+    def engine_options(self) -> dict[str, Any]:
+        # No pre-ping: it would cost a round trip per request. After a PostgreSQL restart the
+        # first query on a stale connection fails (503), and SQLAlchemy then replaces the pool.
+        return {"pool_size": 8, "max_overflow": 8, "pool_recycle": 1800}
+
+    def ingest_engine_options(self) -> dict[str, Any]:
+        # Its own pool, sized like the app's (the two together stay within 32 per process).
+        return {"pool_size": 16, "max_overflow": 0, "pool_recycle": 1800}
+
+    def prepare(self, engine: Engine) -> None:
+        pass
+
+    def claim_events(
+        self, event_ids: list[uuid.UUID], worker_id: str
+    ) -> list[transitions.ClaimedEvent]:
+        return transitions.claim_events(event_ids, worker_id)
+
+    def complete_events(
+        self, done: list[tuple[transitions.ClaimedEvent, str]]
+    ) -> dict[uuid.UUID, float]:
+        return transitions.complete_events(done)
+
+
+def _sqlite_pragmas(dbapi_connection: SQLiteConnection, _record: ConnectionPoolEntry) -> None:
+    # WAL lets the web process read while the worker writes; the busy timeout waits out locks.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class SQLite:
+    name = "sqlite"
+    group_commit = False
+    insert = staticmethod(sqlite.insert)
+
+    def engine_options(self) -> dict[str, Any]:
+        return {"connect_args": {"timeout": 30}}
+
+    def ingest_engine_options(self) -> dict[str, Any]:
+        return {"connect_args": {"timeout": 30}}
+
+    def prepare(self, engine: Engine) -> None:
+        sa_event.listen(engine, "connect", _sqlite_pragmas)
+
+    def claim_events(
+        self, event_ids: list[uuid.UUID], worker_id: str
+    ) -> list[transitions.ClaimedEvent]:
+        return transitions.claim_events_portable(event_ids, worker_id)
+
+    def complete_events(
+        self, done: list[tuple[transitions.ClaimedEvent, str]]
+    ) -> dict[uuid.UUID, float]:
+        return transitions.complete_events_portable(done)
+
+
+# --- state the processes share --------------------------------------------------------------
+
+
+class SharedState(Protocol):
+    """Leases and sets every process of the deployment sees (Redis), or this process alone."""
+
+    def hold(self, key: str, owner: str, ttl_ms: int) -> bool:
+        """Take `key` for `owner` for ttl_ms, or extend it if owner has it; True while held."""
+        ...
+
+    def release(self, key: str, owner: str) -> None:
+        """Give `key` up if `owner` holds it, so another can take it at once."""
+        ...
+
+    def add_members(self, key: str, members: list[str], ttl_ms: int) -> None:
+        """Add to the set at `key`; a set nobody adds to for ttl_ms goes away."""
+        ...
+
+    def members(self, key: str) -> list[str]: ...
+
+    def remove_members(self, key: str, members: list[str]) -> None: ...
+
+
+class RedisState:
+    """Shared state in Redis: each step is one round trip (a script where it must be atomic)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._hold = client.register_script(_HOLD_SCRIPT)
+        self._release = client.register_script(_RELEASE_SCRIPT)
+
+    def hold(self, key: str, owner: str, ttl_ms: int) -> bool:
+        return bool(self._hold(keys=[key], args=[owner, ttl_ms]))
+
+    def release(self, key: str, owner: str) -> None:
+        self._release(keys=[key], args=[owner])
+
+    def add_members(self, key: str, members: list[str], ttl_ms: int) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.sadd(key, *members)
+        pipe.pexpire(key, ttl_ms)
+        pipe.execute()
+
+    def members(self, key: str) -> list[str]:
+        stored: set[bytes] = self.client.smembers(key)  # type: ignore[assignment]
+        return sorted(member.decode() for member in stored)
+
+    def remove_members(self, key: str, members: list[str]) -> None:
+        self.client.srem(key, *members)
+
+
+class LocalState:
+    """Shared state without Redis: this process's memory, which no other process sees.
+
+    The embedded default runs one web process, so its dashboard lease and viewers need no
+    more; each worker process then runs its own recovery pass, as none can see another's lock.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[str, tuple[str, float]] = {}  # key -> (owner, monotonic expiry)
+        self._sets: dict[str, set[str]] = {}
+
+    def hold(self, key: str, owner: str, ttl_ms: int) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            holder, expires = self._held.get(key, (owner, now))
+            if holder != owner and expires > now:
+                return False
+            self._held[key] = (owner, now + ttl_ms / 1000)
+            return True
+
+    def release(self, key: str, owner: str) -> None:
+        with self._lock:
+            if self._held.get(key, ("", 0.0))[0] == owner:
+                del self._held[key]
+
+    def add_members(self, key: str, members: list[str], ttl_ms: int) -> None:
+        with self._lock:
+            self._sets.setdefault(key, set()).update(members)
+
+    def members(self, key: str) -> list[str]:
+        with self._lock:
+            return sorted(self._sets.get(key, ()))
+
+    def remove_members(self, key: str, members: list[str]) -> None:
+        with self._lock:
+            self._sets.get(key, set()).difference_update(members)
+
+
+# --- the broker -----------------------------------------------------------------------------
+
+
+class Broker(Protocol):
+    """Huey's storage, the live counters and the shared state of one deployment."""
+
+    huey: Any  # huey.Huey (untyped)
+    counters: Counters
+    shared: SharedState
+
+    def send(self, messages: list[bytes], counts: Mapping[str, int]) -> None:
+        """Queue serialized task messages and count `counts`; raises if the queue is down."""
+        ...
+
+    def take(self, limit: int) -> list[bytes]:
+        """Up to `limit` waiting messages, removed from the queue ([] where unsupported)."""
+        ...
+
+    def ping(self) -> None:
+        """Raise if the queue cannot be reached."""
+        ...
+
+
+class RedisBroker:
+    """Huey on Redis; counters in Redis; messages and counters go out in one round trip."""
+
+    def __init__(self, url: str) -> None:
+        pool = redis.ConnectionPool.from_url(url, **REDIS_OPTIONS)
+        self.huey = RedisHuey(QUEUE_NAME, results=False, connection_pool=pool)
+        self.client: redis.Redis = self.huey.storage.conn
+        self.counters = RedisCounters(self.client)
+        self.shared = RedisState(self.client)
+
+    def send(self, messages: list[bytes], counts: Mapping[str, int]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        if messages:
+            pipe.lpush(self.huey.storage.queue_key, *messages)
+        self.counters.add_to(pipe, counts)
+        pipe.execute()
+
+    def take(self, limit: int) -> list[bytes]:
+        taken: list[bytes] | None = self.client.rpop(  # type: ignore[assignment]
+            self.huey.storage.queue_key, limit
+        )
+        return taken or []
+
+    def ping(self) -> None:
+        self.client.ping()
+
+
+class SqliteBroker:
+    """Huey's SQLite queue (one machine, no server); counters in the database."""
+
+    def __init__(self, path: str, database: Database) -> None:
+        self.huey = SqliteHuey(QUEUE_NAME, results=False, filename=path)
+        self.counters = DatabaseCounters(database.insert)
+        self.shared = LocalState()
+
+    def send(self, messages: list[bytes], counts: Mapping[str, int]) -> None:
+        for message in messages:
+            self.huey.storage.enqueue(message)
+        self.counters.record(counts)
+
+    def take(self, limit: int) -> list[bytes]:
+        return []  # one message per task: its storage has no cheap way to take several
+
+    def ping(self) -> None:
+        self.huey.pending_count()
+
+
+# --- the choice -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backend:
+    database: Database
+    broker: Broker
+
+
+def choose_backend(settings: Settings) -> Backend:
+    """The database and the broker these settings name; made once, in create_app."""
+    database: Database = (
+        PostgreSQL() if settings.database_url.startswith("postgresql") else SQLite()
+    )
+    broker: Broker = (
+        RedisBroker(settings.redis_url)
+        if settings.redis_url
+        else SqliteBroker(settings.queue_path, database)
+    )
+    return Backend(database, broker)
+
+
+def backend_of(app: Flask) -> Backend:
+    backend: Backend = app.extensions[BACKEND_KEY]
+    return backend
+
+
+def current_backend() -> Backend:
+    """The backend of the app in context (e.g. for ingest: `.database.group_commit`)."""
+    return backend_of(current_app)
