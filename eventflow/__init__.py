@@ -60,7 +60,7 @@ def _async_mode() -> Literal["gevent", "threading"]:
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app: settings -> extensions -> queue -> blueprints -> CLI -> error handlers.
+    """Build the app: settings -> backend -> extensions -> queue -> blueprints -> CLI -> errors.
 
     `test_config` overrides: string values are environment settings (e.g. DATABASE_URL) laid
     over os.environ; other values (e.g. TESTING=True) are Flask config keys, applied last.
