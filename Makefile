@@ -27,9 +27,11 @@ run: install
 test: install
 	$(VENV)/bin/pytest
 
+## lint: ruff (style), then mypy --strict on eventflow/ (config in pyproject.toml)
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 format: install
 	$(VENV)/bin/ruff check --fix .

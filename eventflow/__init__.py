@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from flask import Flask, redirect, url_for
 from flask_jwt_extended import JWTManager
@@ -50,7 +50,7 @@ def _ingest_engine(settings: Settings, database: Database) -> Engine:
     return engine
 
 
-def _async_mode() -> str:
+def _async_mode() -> Literal["gevent", "threading"]:
     """gevent inside gunicorn's gevent worker (which monkey-patches first), threads elsewhere."""
     try:
         from gevent import monkey
@@ -60,7 +60,7 @@ def _async_mode() -> str:
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app: settings -> extensions -> queue -> blueprints -> CLI -> error handlers.
+    """Build the app: settings -> backend -> extensions -> queue -> blueprints -> CLI -> errors.
 
     `test_config` overrides: string values are environment settings (e.g. DATABASE_URL) laid
     over os.environ; other values (e.g. TESTING=True) are Flask config keys, applied last.
@@ -106,7 +106,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         channel=socketio_channel(settings.redis_url),
         async_mode=_async_mode(),
         # The dashboard's client is WebSocket-only; long-polling would need sticky sessions.
-        transports=["websocket"],
+        # (An Engine.IO option, passed through; Flask-SocketIO's stubs list only its own.)
+        transports=["websocket"],  # type: ignore[call-arg]
         logger=False,
         engineio_logger=False,
     )

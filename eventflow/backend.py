@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -29,6 +29,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .config import Settings
+from .models import StatBucket
 from .tasks import transitions
 from .tasks.counters import Counters, DatabaseCounters, RedisCounters
 
@@ -67,11 +68,17 @@ return 0
 class Database(Protocol):
     """What differs between PostgreSQL and SQLite."""
 
-    name: str
-    # Concurrent ingests of a process share one INSERT and one commit (group_commit.py).
-    group_commit: bool
-    # The dialect's INSERT, which has ON CONFLICT (the counters' upsert).
-    insert: Callable[..., postgresql.Insert | sqlite.Insert]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def group_commit(self) -> bool:
+        """Whether concurrent ingests of a process share one INSERT and commit (group_commit.py)."""
+        ...
+
+    def insert(self, table: type[StatBucket]) -> postgresql.Insert | sqlite.Insert:
+        """The dialect's INSERT, which has ON CONFLICT (the counters' upsert)."""
+        ...
 
     def engine_options(self) -> dict[str, Any]:
         """Options for the app's engine (Flask-SQLAlchemy's SQLALCHEMY_ENGINE_OPTIONS)."""
@@ -97,7 +104,9 @@ class Database(Protocol):
 class PostgreSQL:
     name = "postgresql"
     group_commit = True
-    insert = staticmethod(postgresql.insert)
+
+    def insert(self, table: type[StatBucket]) -> postgresql.Insert:
+        return postgresql.insert(table)
 
     def engine_options(self) -> dict[str, Any]:
         # No pre-ping: it would cost a round trip per request. After a PostgreSQL restart the
@@ -133,7 +142,9 @@ def _sqlite_pragmas(dbapi_connection: SQLiteConnection, _record: ConnectionPoolE
 class SQLite:
     name = "sqlite"
     group_commit = False
-    insert = staticmethod(sqlite.insert)
+
+    def insert(self, table: type[StatBucket]) -> sqlite.Insert:
+        return sqlite.insert(table)
 
     def engine_options(self) -> dict[str, Any]:
         return {"connect_args": {"timeout": 30}}
@@ -251,9 +262,15 @@ class LocalState:
 class Broker(Protocol):
     """Huey's storage, the live counters and the shared state of one deployment."""
 
-    huey: Any  # huey.Huey (untyped)
-    counters: Counters
-    shared: SharedState
+    @property
+    def huey(self) -> Any:  # huey.Huey: huey is untyped
+        ...
+
+    @property
+    def counters(self) -> Counters: ...
+
+    @property
+    def shared(self) -> SharedState: ...
 
     def send(self, messages: list[bytes], counts: Mapping[str, int]) -> None:
         """Queue serialized task messages and count `counts`; raises if the queue is down."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 
 import click
 from flask import Flask, current_app
@@ -101,7 +102,8 @@ def dlq_list(event_type: str | None, limit: str) -> None:
     """List the FAILED events, newest first."""
     try:
         page = events.list_events(
-            events.Viewer(user_id=None, is_admin=True),
+            # An admin of no account (the nil id): admins' listings filter by no user.
+            events.Viewer(user_id=uuid.UUID(int=0), is_admin=True),
             status=Status.FAILED.value,
             event_type=event_type,
             limit=limit,

@@ -6,17 +6,20 @@ import logging
 import math
 import re
 import time
+from typing import Any
 
 import psycopg2
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
+from flask.typing import ResponseReturnValue
 from flask_jwt_extended import JWTManager
 from flask_limiter import RateLimitExceeded
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from werkzeug.exceptions import HTTPException, TooManyRequests
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, TooManyRequests
 
 from .extensions import db, limiter
 
 logger = logging.getLogger(__name__)
+Claims = dict[str, Any]  # a decoded token's header or payload
 
 
 class ApiError(Exception):
@@ -29,7 +32,7 @@ class ApiError(Exception):
         self.message = message
 
 
-def error_response(status: int, code: str, message: str):
+def error_response(status: int, code: str, message: str) -> tuple[Response, int]:
     """The error envelope: {"error": {"code", "message"}} with its status."""
     return jsonify(error={"code": code, "message": message}), status
 
@@ -85,22 +88,22 @@ def register_error_handlers(app: Flask) -> None:
     """Render every error on API paths as the envelope; other paths keep Flask's pages."""
 
     @app.errorhandler(ApiError)
-    def handle_api_error(exc: ApiError):
+    def handle_api_error(exc: ApiError) -> ResponseReturnValue:
         return error_response(exc.status, exc.code, exc.message)
 
     @app.errorhandler(HTTPException)
-    def handle_http_exception(exc: HTTPException):
+    def handle_http_exception(exc: HTTPException) -> ResponseReturnValue:
         if not _wants_envelope():
             return exc
         if exc.code == 413:
             return error_response(413, "payload_too_large", "request body is larger than 1 MiB")
         response = error_response(exc.code or 500, _code_for(exc), exc.description or exc.name)
-        if exc.code == 405 and exc.valid_methods:
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
             response[0].headers["Allow"] = ", ".join(exc.valid_methods)
         return response
 
     @app.errorhandler(TooManyRequests)
-    def handle_rate_limited(exc: TooManyRequests):
+    def handle_rate_limited(exc: TooManyRequests) -> ResponseReturnValue:
         seconds = retry_after_seconds(exc)
         headers = {"Retry-After": str(seconds)}
         if not _wants_envelope():
@@ -109,7 +112,7 @@ def register_error_handlers(app: Flask) -> None:
         body, status = error_response(429, "rate_limited", message)
         return body, status, headers
 
-    def database_down(exc: BaseException):
+    def database_down(exc: BaseException) -> ResponseReturnValue:
         _rollback_quietly()
         logger.warning("database unavailable on %s %s: %s", request.method, request.path, exc)
         if not _wants_envelope():
@@ -120,7 +123,7 @@ def register_error_handlers(app: Flask) -> None:
         app.register_error_handler(outage, database_down)
 
     @app.errorhandler(Exception)
-    def handle_unexpected(exc: Exception):
+    def handle_unexpected(exc: Exception) -> ResponseReturnValue:
         if is_database_outage(exc):
             return database_down(exc)
         _rollback_quietly()
@@ -134,29 +137,29 @@ def register_jwt_errors(jwt: JWTManager) -> None:
     """Give every failure of the app's flask-jwt-extended the envelope and a 401."""
 
     @jwt.unauthorized_loader
-    def missing_token(reason: str):
+    def missing_token(reason: str) -> ResponseReturnValue:
         return error_response(401, "missing_token", f"authentication required: {reason}")
 
     @jwt.invalid_token_loader
-    def invalid_token(reason: str):
+    def invalid_token(reason: str) -> ResponseReturnValue:
         return error_response(401, "invalid_token", f"invalid token: {reason}")
 
     @jwt.expired_token_loader
-    def expired_token(_header, _payload):
+    def expired_token(_header: Claims, _payload: Claims) -> ResponseReturnValue:
         return error_response(401, "token_expired", "the token has expired; log in again")
 
     @jwt.revoked_token_loader
-    def revoked_token(_header, _payload):
+    def revoked_token(_header: Claims, _payload: Claims) -> ResponseReturnValue:
         return error_response(401, "token_revoked", "the token has been revoked")
 
     @jwt.needs_fresh_token_loader
-    def needs_fresh(_header, _payload):
+    def needs_fresh(_header: Claims, _payload: Claims) -> ResponseReturnValue:
         return error_response(401, "fresh_token_required", "a fresh token is required")
 
     @jwt.user_lookup_error_loader
-    def user_lookup_failed(_header, _payload):
+    def user_lookup_failed(_header: Claims, _payload: Claims) -> ResponseReturnValue:
         return error_response(401, "invalid_token", "the token's user no longer exists")
 
     @jwt.token_verification_failed_loader
-    def verification_failed(_header, _payload):
+    def verification_failed(_header: Claims, _payload: Claims) -> ResponseReturnValue:
         return error_response(401, "invalid_token", "the token failed verification")

@@ -35,4 +35,5 @@ def ingest_engine() -> Engine:
     option at check-in, and on a connection PostgreSQL has dropped the reset raises outside
     SQLAlchemy's error handling (a 500 instead of a 503) and loses the pool slot.
     """
-    return current_app.extensions[INGEST_ENGINE_KEY]
+    engine: Engine = current_app.extensions[INGEST_ENGINE_KEY]
+    return engine

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import text
 
@@ -12,7 +14,7 @@ from .tasks.queue import get_queue
 logger = logging.getLogger(__name__)
 
 
-def _check(probe) -> str:
+def _check(probe: Callable[[], object]) -> str:
     try:
         probe()
         return "ok"
@@ -28,7 +30,7 @@ def _ping_database() -> None:
         db.session.rollback()
 
 
-def check_health() -> dict:
+def check_health() -> dict[str, Any]:
     """{"status": "ok"|"degraded", "checks": {"database": ..., "queue": ...}}"""
     checks = {"database": _check(_ping_database), "queue": _check(get_queue().ping)}
     status = "ok" if all(v == "ok" for v in checks.values()) else "degraded"

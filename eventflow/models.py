@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     JSON,
@@ -22,9 +22,17 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .extensions import db
+
+if TYPE_CHECKING:
+    # Flask-SQLAlchemy's db.Model is the declarative Base plus its metadata and query helpers;
+    # the type checker sees Base, whose Mapped columns it understands.
+    from .extensions import Base as Model
+else:
+    Model = db.Model
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
@@ -33,20 +41,21 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class UTCDateTime(TypeDecorator):
+class UTCDateTime(TypeDecorator[datetime]):
     """timestamptz on PostgreSQL; on SQLite (which keeps no zone) values come back as UTC."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value, dialect):
+    # A column type, not a mode switch: it adapts values to what each dialect stores.
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is not None and value.tzinfo is not None:
             value = value.astimezone(UTC)
             if dialect.name == "sqlite":
                 value = value.replace(tzinfo=None)
         return value
 
-    def process_result_value(self, value, dialect):
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
         return value
@@ -78,7 +87,7 @@ class Outcome(enum.StrEnum):
     LOST = "lost"  # the worker died; recovery closed the attempt
 
 
-class User(db.Model):
+class User(Model):
     __tablename__ = "users"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -95,7 +104,7 @@ class User(db.Model):
         return self.role == Role.ADMIN.value
 
 
-class RevokedToken(db.Model):
+class RevokedToken(Model):
     """A logged-out session: its refresh token's id, which every access token of it carries."""
 
     __tablename__ = "revoked_tokens"
@@ -106,7 +115,7 @@ class RevokedToken(db.Model):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
 
-class Event(db.Model):
+class Event(Model):
     __tablename__ = "events"
     # Claims and completions change `status`, which the list indexes need, so they are never
     # HOT updates: each writes an entry into every index below. So no index repeats another's
@@ -154,7 +163,7 @@ class Event(db.Model):
     locked_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
-class EventAttempt(db.Model):
+class EventAttempt(Model):
     __tablename__ = "event_attempts"
     __table_args__ = (
         UniqueConstraint("event_id", "number", name="uq_event_attempts_event_id_number"),
@@ -171,7 +180,7 @@ class EventAttempt(db.Model):
     traceback: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
-class Worker(db.Model):
+class Worker(Model):
     """A running worker process's heartbeat: who is alive, since when, doing what."""
 
     __tablename__ = "workers"
@@ -188,7 +197,7 @@ class Worker(db.Model):
     processed: Mapped[int] = mapped_column(Integer, default=0)
 
 
-class StatBucket(db.Model):
+class StatBucket(Model):
     """Per-second counters in the embedded mode (with Redis they live in Redis)."""
 
     __tablename__ = "stat_buckets"

@@ -10,8 +10,10 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from typing import Any, TypeVar, overload
 
 from flask import Flask, Response, current_app, g, request
+from flask.typing import ResponseReturnValue
 from flask_limiter import RateLimitExceeded
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -21,6 +23,8 @@ from .errors import ApiError
 from .extensions import limiter
 
 logger = logging.getLogger(__name__)
+View = Callable[..., ResponseReturnValue]
+H = TypeVar("H")
 
 KEY_PREFIX = "eventflow"
 # The dashboard's templates carry no inline script or style; htmx and the charts are vendored.
@@ -75,17 +79,23 @@ def _unhook_app_wide_checks(app: Flask) -> None:
     Start-up fails here, rather than limits silently changing, if an upgrade moves the hooks.
     """
 
-    def is_limiters(hook) -> bool:
+    app.before_request_funcs[None] = _without_limiter_hook(app.before_request_funcs[None])
+    app.after_request_funcs[None] = _without_limiter_hook(app.after_request_funcs[None])
+    app.teardown_request_funcs[None] = _without_limiter_hook(app.teardown_request_funcs[None])
+
+
+def _without_limiter_hook(hooks: list[H]) -> list[H]:
+    """The hooks but Flask-Limiter's one; RuntimeError unless there is exactly one."""
+
+    def is_limiters(hook: object) -> bool:
         if isinstance(hook, functools.partial):  # its after_request hook is a partial
             return bool(hook.args) and hook.args[0] is limiter
         return getattr(hook, "__self__", None) is limiter
 
-    for registry in (app.before_request_funcs, app.after_request_funcs, app.teardown_request_funcs):
-        hooks = registry[None]
-        kept = [hook for hook in hooks if not is_limiters(hook)]
-        if len(kept) != len(hooks) - 1:
-            raise RuntimeError("Flask-Limiter's request hooks are not where this version expects")
-        registry[None] = kept
+    kept = [hook for hook in hooks if not is_limiters(hook)]
+    if len(kept) != len(hooks) - 1:
+        raise RuntimeError("Flask-Limiter's request hooks are not where this version expects")
+    return kept
 
 
 def _storage_uri(redis_url: str | None) -> str:
@@ -149,7 +159,8 @@ def _token_user() -> str:
 
 
 def _settings() -> Settings:
-    return current_app.config["EVENTFLOW"]
+    settings: Settings = current_app.config["EVENTFLOW"]
+    return settings
 
 
 def _login_limit() -> str:
@@ -172,7 +183,9 @@ def _status_of(exc: Exception) -> int:
     return 500
 
 
-def _refund_unless(counts: Callable[[int], bool], cost: Callable[[], int] = lambda: 1):
+def _refund_unless(
+    counts: Callable[[int], bool], cost: Callable[[], int] = lambda: 1
+) -> Callable[[View], View]:
     """Give back what the view's limits counted when `counts(status)` says the request does not.
 
     Flask-Limiter counts the request before the view runs, in one atomic increment; the refund
@@ -181,9 +194,9 @@ def _refund_unless(counts: Callable[[int], bool], cost: Callable[[], int] = lamb
     first of them was counted.
     """
 
-    def decorate(view):
+    def decorate(view: View) -> View:
         @functools.wraps(view)
-        def wrapper(*args, **kwargs):
+        def wrapper(*args: Any, **kwargs: Any) -> ResponseReturnValue:
             try:
                 response = current_app.make_response(view(*args, **kwargs))
             except Exception as exc:
@@ -207,7 +220,7 @@ def _refund(amount: int = 1) -> None:
             logger.warning("could not take back a hit on %s", counted.key, exc_info=True)
 
 
-def limit_failed_logins(email_from: str):
+def limit_failed_logins(email_from: str) -> Callable[[View], View]:
     """Decorator for a login view: failed attempts per account and per client address.
 
     `email_from` is "json" (the API) or "form" (the dashboard). Both views share the two
@@ -217,7 +230,7 @@ def limit_failed_logins(email_from: str):
     account = {"json": _account_in_json, "form": _account_in_form}[email_from]
     message = "too many failed login attempts"
 
-    def decorate(view):
+    def decorate(view: View) -> View:
         counted = _refund_unless(lambda status: status == 401)(view)
         per_account = limiter.shared_limit(
             _login_limit, scope="login-account", key_func=account, error_message=message
@@ -229,7 +242,7 @@ def limit_failed_logins(email_from: str):
         limited = per_account(per_address(counted))
 
         @functools.wraps(view)
-        def wrapper(*args, **kwargs):
+        def wrapper(*args: Any, **kwargs: Any) -> ResponseReturnValue:
             try:
                 return limited(*args, **kwargs)
             except RateLimitExceeded:
@@ -243,7 +256,7 @@ def limit_failed_logins(email_from: str):
     return decorate
 
 
-def limit_registrations(view):
+def limit_registrations(view: View) -> View:
     """Decorator for the register view: every attempt counts against the client's address."""
     return limiter.limit(
         _register_limit,
@@ -252,7 +265,17 @@ def limit_registrations(view):
     )(view)
 
 
-def limit_ingest(view=None, *, cost: Callable[[], int] | None = None):
+@overload
+def limit_ingest(view: View) -> View: ...
+
+
+@overload
+def limit_ingest(*, cost: Callable[[], int] | None = None) -> Callable[[View], View]: ...
+
+
+def limit_ingest(
+    view: View | None = None, *, cost: Callable[[], int] | None = None
+) -> View | Callable[[View], View]:
     """Decorator for ingest, applied inside bearer_required: events per user per window.
 
     Unset (the default), the view runs as it is: no key, no storage round trip. Single events
@@ -262,7 +285,7 @@ def limit_ingest(view=None, *, cost: Callable[[], int] | None = None):
     still takes a smaller batch.
     """
 
-    def decorate(view):
+    def decorate(view: View) -> View:
         amount = cost or (lambda: 1)
         # A token that verifies but whose session is gone (ingest checks it in its INSERT) gets
         # a 401 there: that request is not the user's, so it is taken back.
@@ -276,7 +299,7 @@ def limit_ingest(view=None, *, cost: Callable[[], int] | None = None):
         )(counted)
 
         @functools.wraps(view)
-        def wrapper(*args, **kwargs):
+        def wrapper(*args: Any, **kwargs: Any) -> ResponseReturnValue:
             if _settings().rate_limit_ingest is None:
                 return view(*args, **kwargs)
             try:

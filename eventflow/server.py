@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+from typing import Any
 
 from gunicorn import util
 from gunicorn.http import wsgi
+from gunicorn.http.message import Request
 from gunicorn.workers.ggevent import GeventWorker
 
 _STATUS_LINE = re.compile(rb"^HTTP/1\.[01] (\d{3}) ([^\r\n]*)\r\n")
@@ -46,16 +49,16 @@ def _envelope(raw: bytes) -> bytes:
 class _JsonErrorSocket:
     """The client socket, but what gunicorn writes as an error page goes out as JSON."""
 
-    def __init__(self, sock):
+    def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
 
-    def sendall(self, data: bytes, *args):
-        return self._sock.sendall(_envelope(bytes(data)), *args)
+    def sendall(self, data: bytes, *args: Any) -> None:
+        self._sock.sendall(_envelope(bytes(data)), *args)
 
-    def send(self, data: bytes, *args):
+    def send(self, data: bytes, *args: Any) -> int:
         # gunicorn writes an error page in one call; answer for the whole rewritten page.
         self._sock.sendall(_envelope(bytes(data)), *args)
         return len(data)
@@ -89,9 +92,9 @@ class _Response(wsgi.Response):
             util.write(self.sock, head + data)
             return
         self._flush_head()
-        super()._emit_body(data)
+        super()._emit_body(data)  # type: ignore[misc]  # gunicorn 27's; its stubs are older
 
-    def sendfile(self, respiter):
+    def sendfile(self, respiter: wsgi.FileWrapper) -> bool:
         self.send_headers()
         self._flush_head()
         return super().sendfile(respiter)
@@ -110,7 +113,12 @@ class Worker(GeventWorker):
         from psycogreen.gevent import patch_psycopg
 
         patch_psycopg()
-        wsgi.Response = _Response  # what wsgi.create() builds for every request
+        # What wsgi.create() builds for every request (a module attribute the stubs call a type).
+        wsgi.Response = _Response  # type: ignore[misc]
 
-    def handle_error(self, req, client, addr, exc) -> None:
-        super().handle_error(req, _JsonErrorSocket(client), addr, exc)
+    def handle_error(
+        self, req: Request | None, client: socket.socket, addr: Any, exc: BaseException
+    ) -> None:
+        # The stand-in forwards everything to the socket but what gunicorn writes as an error.
+        json_client = _JsonErrorSocket(client)
+        super().handle_error(req, json_client, addr, exc)  # type: ignore[arg-type]

@@ -8,12 +8,13 @@ from __future__ import annotations
 import math
 import time
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import func, select
 
 from .extensions import db
 from .models import Event, Status, Worker, utcnow
-from .tasks.counters import HISTORY_SECONDS, METRICS
+from .tasks.counters import HISTORY_SECONDS, METRICS, Counters
 
 RATE_WINDOW_SECONDS = 5  # per-second rates are averaged over the last few whole seconds
 WORKER_ALIVE_SECONDS = 15
@@ -27,7 +28,7 @@ def percentile(sorted_values: list[float], fraction: float) -> float | None:
     return round(sorted_values[rank - 1], 1)
 
 
-def snapshot(stats, *, now: float | None = None, history: bool = True) -> dict:
+def snapshot(stats: Counters, *, now: float | None = None, history: bool = True) -> dict[str, Any]:
     """The `stats` payload the dashboard shows: rates, totals, backlog, latency, workers.
 
     `point` is the chart's newest point (the last whole second); `series`, the chart's whole
@@ -41,20 +42,19 @@ def snapshot(stats, *, now: float | None = None, history: bool = True) -> dict:
     rates = {
         f"{m}_per_s": round(sum(b[m] for b in window) / RATE_WINDOW_SECONDS, 2) for m in METRICS
     }
-    counts = dict(
-        db.session.execute(
-            select(Event.status, func.count())
-            .where(Event.status.in_([s.value for s in Status if s != Status.PROCESSED]))
-            .group_by(Event.status)
-        ).all()
-    )
+    by_status = db.session.execute(
+        select(Event.status, func.count())
+        .where(Event.status.in_([s.value for s in Status if s != Status.PROCESSED]))
+        .group_by(Event.status)
+    ).all()
+    counts = {status: count for status, count in by_status}
     alive_since = utcnow() - timedelta(seconds=WORKER_ALIVE_SECONDS)
     workers = db.session.scalar(
         select(func.count()).select_from(Worker).where(Worker.last_seen_at >= alive_since)
     )
     db.session.rollback()
     latencies.sort()
-    payload = {
+    payload: dict[str, Any] = {
         **rates,
         "queue_depth": counts.get("PENDING", 0) + counts.get("RETRYING", 0),
         "processing": counts.get("PROCESSING", 0),

@@ -17,8 +17,10 @@ its INSERT instead (see ingest.create_event), so it costs the hot path no extra 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from flask_jwt_extended import create_access_token, create_refresh_token
 from sqlalchemy import bindparam, delete, exists, select, update
@@ -28,6 +30,9 @@ from .config import Settings
 from .errors import ApiError
 from .extensions import db
 from .models import RevokedToken, User, utcnow
+
+# What a login or refresh answers: the tokens, their type and the access token's lifetime.
+TokenReply = dict[str, str | int]
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,7 @@ class Credentials:
     generation: int
 
 
-def credentials_from_claims(claims) -> Credentials:
+def credentials_from_claims(claims: Mapping[str, Any]) -> Credentials:
     """Credentials from a signature-verified token's claims; 401 if they are incomplete."""
     try:
         user_id = uuid.UUID(claims["sub"])
@@ -68,7 +73,8 @@ def check_session(credentials: Credentials) -> str:
         raise ApiError(401, "invalid_token", "the token's user no longer exists")
     if row.revoked or row.token_generation != credentials.generation:
         raise ApiError(401, "token_revoked", "the token has been revoked; log in again")
-    return row.role
+    role: str = row.role
+    return role
 
 
 def start_session(user: User) -> Credentials:
@@ -78,7 +84,7 @@ def start_session(user: User) -> Credentials:
     )
 
 
-def access_token(credentials: Credentials, role: str, settings: Settings) -> dict:
+def access_token(credentials: Credentials, role: str, settings: Settings) -> TokenReply:
     """An access token for the session (the role claim is informative: the database decides)."""
     token = create_access_token(
         identity=str(credentials.user_id),
@@ -96,7 +102,7 @@ def access_token(credentials: Credentials, role: str, settings: Settings) -> dic
     }
 
 
-def issue_tokens(user: User, settings: Settings) -> dict:
+def issue_tokens(user: User, settings: Settings) -> TokenReply:
     """Login: a new session's access and refresh tokens."""
     credentials = start_session(user)
     refresh = create_refresh_token(
@@ -107,7 +113,7 @@ def issue_tokens(user: User, settings: Settings) -> dict:
     return {**access_token(credentials, user.role, settings), "refresh_token": refresh}
 
 
-def refresh_access(credentials: Credentials, settings: Settings) -> dict:
+def refresh_access(credentials: Credentials, settings: Settings) -> TokenReply:
     """A new access token for a still-valid session (the refresh token stays the same)."""
     role = check_session(credentials)
     return access_token(credentials, role, settings)

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Iterable
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import delete, func, select
+from sqlalchemy import CursorResult, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -126,7 +126,9 @@ def delete_user(email: str) -> int:
     user = find_user_by_email(email)
     if user is None:
         raise ApiError(404, "user_not_found", f"no user with email {email!r}")
-    removed = db.session.execute(delete(Event).where(Event.user_id == user.id)).rowcount
+    deleted = db.session.execute(delete(Event).where(Event.user_id == user.id))
+    assert isinstance(deleted, CursorResult)  # what a DELETE returns: it has the rowcount
+    removed = deleted.rowcount
     db.session.delete(user)
     db.session.commit()
     return removed

@@ -6,7 +6,8 @@ import time
 import uuid
 from urllib.parse import urlsplit
 
-from flask import Response, current_app, redirect, request, session, url_for
+from flask import current_app, redirect, request, session, url_for
+from flask.typing import ResponseReturnValue
 from flask_jwt_extended import decode_token
 from flask_jwt_extended.exceptions import JWTExtendedException
 from jwt import PyJWTError
@@ -117,7 +118,7 @@ def wants_fragment() -> bool:
     )
 
 
-def refuse() -> Response | tuple:
+def refuse() -> ResponseReturnValue:
     """Send a visitor without admin rights to the login page (a 403 for scripted requests)."""
     login_url = url_for("dashboard.login_form", next=request.full_path.rstrip("?"))
     if is_background_request():

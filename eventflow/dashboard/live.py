@@ -31,10 +31,12 @@ import socket
 import threading
 import time
 import uuid
+from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Flask, request
-from flask_socketio import ConnectionRefusedError, Namespace, SocketIO
+from flask_socketio import Namespace, SocketIO
+from socketio.exceptions import ConnectionRefusedError
 
 from ..backend import SharedState
 from ..stats import snapshot
@@ -42,6 +44,7 @@ from ..tasks.queue import get_queue
 from .access import session_admin, token_admin
 
 logger = logging.getLogger(__name__)
+WSGIEnviron = dict[str, Any]
 
 NAMESPACE = "/dashboard"
 STATS_EVENT = "stats"
@@ -55,6 +58,17 @@ VIEWERS_ROOM = "viewers"  # welcomed viewers: each tick goes to this room
 NEWCOMERS_KEY = "eventflow:dashboard:newcomers"
 NEWCOMERS_TTL_MS = 60_000  # a set nobody adds to for this long is stale (its viewers left)
 CONNECTING_POLL_SECONDS = 0.01
+
+
+def server_of(socketio: SocketIO) -> Any:
+    """The python-socketio server under Flask-SocketIO (untyped; its stubs leave it out)."""
+    return socketio.server  # type: ignore[attr-defined]
+
+
+def _client_sid() -> str:
+    """The Socket.IO session of the client whose event this is."""
+    sid: str = request.sid  # type: ignore[attr-defined]  # set on the request by Flask-SocketIO
+    return sid
 
 
 def socketio_channel(redis_url: str | None) -> str:
@@ -123,7 +137,7 @@ class StatsBroadcaster:
         interval: float = INTERVAL_SECONDS,
     ):
         self.app = app
-        self.server = socketio.server  # the server this app's namespace is registered on
+        self.server = server_of(socketio)  # the server this app's namespace is registered on
         self.shared = shared
         self.interval = interval
         self._viewers: set[str] = set()
@@ -220,7 +234,7 @@ class StatsBroadcaster:
             self._failing = False
         return True
 
-    def _welcome(self, sids: list[str], payload: dict) -> None:
+    def _welcome(self, sids: list[str], payload: dict[str, Any]) -> None:
         """Send new viewers this tick with the chart history, then make them viewers of the rest.
 
         Through the message queue these reach the viewers' processes in this order, before the
@@ -250,7 +264,7 @@ class AuthDeadline:
     """
 
     def __init__(self, socketio: SocketIO, timeout: float):
-        self.server = socketio.server
+        self.server = server_of(socketio)
         self.timeout = timeout
         self._due: dict[str, float] = {}  # eio sid -> deadline; insertion order is due order
         self._lock = threading.Lock()
@@ -261,12 +275,12 @@ class AuthDeadline:
         eio = self.server.eio
         on_open, on_close = eio.handlers["connect"], eio.handlers["disconnect"]
 
-        def opened(eio_sid, environ):
-            accepted = on_open(eio_sid, environ)
+        def opened(eio_sid: str, environ: WSGIEnviron) -> object:
+            accepted: object = on_open(eio_sid, environ)
             self.watch(eio_sid)
             return accepted
 
-        def closed(eio_sid, reason=None):
+        def closed(eio_sid: str, reason: object = None) -> None:
             on_close(eio_sid, reason)  # leaves the namespaces first, which may watch it again
             self.forget(eio_sid)
 
@@ -327,7 +341,7 @@ class DashboardNamespace(Namespace):
         self.broadcaster = broadcaster
         self.deadline = deadline
 
-    def on_connect(self, auth=None):
+    def on_connect(self, auth: object = None) -> None:
         token = auth.get("token") if isinstance(auth, dict) else None
         allowed = token_admin(token) is not None if token else session_admin() is not None
         if not allowed:
@@ -336,10 +350,10 @@ class DashboardNamespace(Namespace):
         eio_sid = self._eio_sid()
         if eio_sid is not None:
             self.deadline.forget(eio_sid)
-        self.broadcaster.add_viewer(request.sid)
+        self.broadcaster.add_viewer(_client_sid())
 
-    def on_disconnect(self, reason=None):
-        self.broadcaster.remove_viewer(request.sid)
+    def on_disconnect(self, reason: object = None) -> None:
+        self.broadcaster.remove_viewer(_client_sid())
         # Leaving the namespace may keep the connection open: it is unauthenticated again.
         # (When the connection itself closes, AuthDeadline forgets it right after this.)
         eio_sid = self._eio_sid()
@@ -348,7 +362,10 @@ class DashboardNamespace(Namespace):
 
     def _eio_sid(self) -> str | None:
         """The Engine.IO connection under this client's namespace session."""
-        return self.server.manager.eio_sid_from_sid(request.sid, NAMESPACE)
+        eio_sid: str | None = self.deadline.server.manager.eio_sid_from_sid(
+            _client_sid(), NAMESPACE
+        )
+        return eio_sid
 
 
 def register_live_stats(app: Flask, socketio: SocketIO, shared: SharedState) -> StatsBroadcaster:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import (
     Response,
     flash,
@@ -12,6 +14,7 @@ from flask import (
     request,
     url_for,
 )
+from flask.typing import ResponseReturnValue
 from flask_limiter import RateLimitExceeded
 from flask_wtf.csrf import CSRFError
 
@@ -44,7 +47,7 @@ register_filters(bp)
 
 
 @bp.before_request
-def require_admin():
+def require_admin() -> ResponseReturnValue | None:
     if request.endpoint in PUBLIC_ENDPOINTS:
         return None
     admin = session_admin()
@@ -70,13 +73,13 @@ def _viewer() -> events.Viewer:
 
 
 @bp.get("/login")
-def login_form():
+def login_form() -> ResponseReturnValue:
     if session_admin() is not None:
         return redirect(safe_next(request.args.get("next")))
     return render_template("dashboard/login.html", next=request.args.get("next", ""))
 
 
-def _login_error(message: str, status: int):
+def _login_error(message: str, status: int) -> tuple[str, int]:
     form = request.form
     page = render_template(
         "dashboard/login.html", error=message, email=form.get("email", ""), next=form.get("next")
@@ -86,7 +89,7 @@ def _login_error(message: str, status: int):
 
 @bp.post("/login")
 @limit_failed_logins("form")
-def login():
+def login() -> ResponseReturnValue:
     form = request.form
     try:
         user = users.authenticate(form.get("email", ""), form.get("password", ""))
@@ -99,7 +102,7 @@ def login():
 
 
 @bp.errorhandler(RateLimitExceeded)
-def show_rate_limited(exc: RateLimitExceeded):
+def show_rate_limited(exc: RateLimitExceeded) -> ResponseReturnValue:
     seconds = retry_after_seconds(exc)
     message = f"Too many failed login attempts. Try again in {seconds} seconds."
     page, status = _login_error(message, 429)
@@ -107,7 +110,7 @@ def show_rate_limited(exc: RateLimitExceeded):
 
 
 @bp.post("/logout")
-def logout():
+def logout() -> ResponseReturnValue:
     log_out()
     flash("You are logged out.", "success")
     return redirect(url_for("dashboard.login_form"))
@@ -117,7 +120,7 @@ def logout():
 
 
 @bp.get("/")
-def overview():
+def overview() -> ResponseReturnValue:
     try:
         stats = snapshot(get_queue().stats)
     except QUEUE_ERRORS:
@@ -129,7 +132,7 @@ def _filters(names: tuple[str, ...]) -> dict[str, str]:
     return {name: request.args.get(name, "").strip() for name in names}
 
 
-def _page_of_events(filters: dict[str, str], **fixed: str):
+def _page_of_events(filters: dict[str, str], **fixed: str) -> tuple[events.Page | None, str | None]:
     """(page, error): a page of events for the filters, or the reason they are not valid."""
     if filters.get("id") and events.parse_event_id(filters["id"]) is None:
         return None, "An event id is a full UUID, like 0b5e3c1a-4f0e-4d8e-9a51-2f3c7d9e1b20."
@@ -162,21 +165,29 @@ def _too_deep_message(filters: dict[str, str]) -> str:
 
 def _shareable_url(endpoint: str, filters: dict[str, str], page_no: int = 1) -> str:
     """The listing's URL with only the filters in use, so it reads well and can be shared."""
-    args = {k: v for k, v in filters.items() if v and v != str(DEFAULT_PAGE_SIZE)}
+    args: dict[str, Any] = {k: v for k, v in filters.items() if v and v != str(DEFAULT_PAGE_SIZE)}
     if page_no > 1:
         args["page"] = page_no
     return url_for(endpoint, **args)
 
 
-def _render_listing(template: str, fragment: str, endpoint: str, filters, page, error, **extra):
-    context = dict(
+def _render_listing(
+    template: str,
+    fragment: str,
+    endpoint: str,
+    filters: dict[str, str],
+    page: events.Page | None,
+    error: str | None,
+    **extra: object,
+) -> ResponseReturnValue:
+    context: dict[str, Any] = dict(
         filters=filters,
         filtered=any(v for k, v in filters.items() if k != "limit"),
         page=page,
         error=error,
         emails=users.user_emails(e.user_id for e in page.items) if page else {},
         page_sizes=PAGE_SIZES,
-        url=_shareable_url(endpoint, filters, page.page if page else 1),
+        url=_shareable_url(endpoint, filters, page.page or 1 if page else 1),
         page_url=lambda n: _shareable_url(endpoint, filters, n),
         **extra,
     )
@@ -189,7 +200,7 @@ def _render_listing(template: str, fragment: str, endpoint: str, filters, page, 
 
 
 @bp.get("/events")
-def list_events():
+def list_events() -> ResponseReturnValue:
     filters = _filters(("status", "type", "user", "id", "limit"))
     page, error = _page_of_events(filters)
     return _render_listing(
@@ -204,7 +215,7 @@ def list_events():
 
 
 @bp.get("/events/<event_id>")
-def show_event(event_id: str):
+def show_event(event_id: str) -> ResponseReturnValue:
     event = events.get_event(_viewer(), event_id)
     context = dict(
         event=event,
@@ -218,7 +229,7 @@ def show_event(event_id: str):
 
 
 @bp.get("/dlq")
-def list_dlq():
+def list_dlq() -> ResponseReturnValue:
     filters = _filters(("type", "limit"))
     page, error = _page_of_events(filters, status=Status.FAILED.value)
     return _render_listing(
@@ -235,7 +246,9 @@ def list_dlq():
 # --- actions ---------------------------------------------------------------------------------
 
 
-def _outcome(message: str, *, level: str = "success", status: int = 200, link: str | None = None):
+def _outcome(
+    message: str, *, level: str = "success", status: int = 200, link: str | None = None
+) -> ResponseReturnValue:
     """Tell the admin what an action did: a fragment for htmx, else a flash and a redirect."""
     if wants_fragment():
         body = render_template(
@@ -249,7 +262,7 @@ def _outcome(message: str, *, level: str = "success", status: int = 200, link: s
 
 
 @bp.post("/events/<event_id>/replay")
-def replay_event(event_id: str):
+def replay_event(event_id: str) -> ResponseReturnValue:
     try:
         replayed = events.replay_event(event_id)
     except ApiError as exc:
@@ -259,7 +272,7 @@ def replay_event(event_id: str):
 
 
 @bp.post("/dlq/replay")
-def replay_dlq():
+def replay_dlq() -> ResponseReturnValue:
     event_type = request.form.get("type", "").strip() or None
     try:
         count = events.replay_dlq(event_type)
@@ -276,7 +289,7 @@ def replay_dlq():
 
 
 @bp.errorhandler(ApiError)
-def show_api_error(exc: ApiError):
+def show_api_error(exc: ApiError) -> ResponseReturnValue:
     if wants_fragment():
         return _outcome(exc.message, level="error", status=exc.status)
     if is_background_request():
@@ -287,7 +300,7 @@ def show_api_error(exc: ApiError):
 
 
 @bp.errorhandler(CSRFError)
-def show_csrf_error(_exc: CSRFError):
+def show_csrf_error(_exc: CSRFError) -> ResponseReturnValue:
     message = "This form has expired (missing or stale CSRF token): reload the page and try again."
     if request.endpoint == "dashboard.login":
         return _login_error(message, 400)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 
 from .registry import PermanentError, handler
+from .transitions import ClaimedEvent
 
 
-def _amount(value, field: str, index: int) -> Decimal:
+def _amount(value: object, field: str, index: int) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise PermanentError(f"items[{index}].{field} must be a number")
     try:
@@ -20,7 +21,7 @@ def _amount(value, field: str, index: int) -> Decimal:
 
 
 @handler("ORDER_CREATED")
-def order_created(event) -> dict:
+def order_created(event: ClaimedEvent) -> dict[str, float | int]:
     """Sum items[].price * qty (qty defaults to 1) into the order total."""
     items = event.payload.get("items")
     if not isinstance(items, list) or not items:
@@ -35,7 +36,7 @@ def order_created(event) -> dict:
     return {"total": float(total), "items": len(items)}
 
 
-def _count_properties(event) -> dict:
+def _count_properties(event: ClaimedEvent) -> dict[str, int]:
     """Analytics events are counted: how many properties and (for batches) how many hits."""
     hits = event.payload.get("events")
     return {

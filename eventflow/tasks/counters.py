@@ -87,7 +87,7 @@ class RedisCounters:
 
 
 class DatabaseCounters:
-    def __init__(self, insert: Callable[..., postgresql.Insert | sqlite.Insert]) -> None:
+    def __init__(self, insert: Callable[[type[StatBucket]], postgresql.Insert | sqlite.Insert]):
         self.insert = insert  # the dialect's INSERT, which has ON CONFLICT
 
     def record(self, counts: Mapping[str, int], latencies_ms: Iterable[float] = ()) -> None:
@@ -114,8 +114,8 @@ class DatabaseCounters:
             )
         ).all()
         by_second: dict[int, dict[str, int]] = {}
-        for row in rows:
-            by_second.setdefault(row.second, {})[row.metric] = row.count
+        for second, metric, count in rows:
+            by_second.setdefault(second, {})[metric] = count
         series = [
             {"t": s, **{m: by_second.get(s, {}).get(m, 0) for m in METRICS}}
             for s in range(now - span, now)

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, insert, or_, select, text, tuple_, update
+from sqlalchemy import ColumnElement, Row, delete, func, insert, or_, select, text, tuple_, update
 
 from ..extensions import db
 from ..models import Event, EventAttempt, Outcome, Status, utcnow
 
 WAITING = (Status.PENDING.value, Status.RETRYING.value)
 REPLAY_BATCH = 500
+# A claimed event as a row: (id, type, payload, user_id, created_at, attempts, replayed_attempts).
+ClaimRow = tuple[uuid.UUID, str, dict[str, Any], uuid.UUID, datetime, int, int]
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,7 @@ class ClaimedEvent:
 
     id: uuid.UUID
     type: str
-    payload: dict
+    payload: dict[str, Any]
     user_id: uuid.UUID
     created_at: datetime
     number: int  # this attempt's number over the event's whole life (event_attempts.number)
@@ -80,13 +83,13 @@ def claim_events(event_ids: list[uuid.UUID], worker_id: str) -> list[ClaimedEven
     return _in_message_order(_with_uuids(rows, asked), event_ids)
 
 
-def _with_uuids(rows, asked: dict[str, uuid.UUID]) -> Iterator[tuple]:
+def _with_uuids(rows: Iterable[Row[Any]], asked: dict[str, uuid.UUID]) -> Iterator[ClaimRow]:
     """The claim's rows with each id the UUID asked for, and each user id parsed once."""
     users: dict[str, uuid.UUID] = {}
-    for event_id, type_, payload, user_id, *rest in rows:
+    for event_id, type_, payload, user_id, created_at, attempts, replayed in rows:
         if user_id not in users:
             users[user_id] = uuid.UUID(user_id)
-        yield (asked[event_id], type_, payload, users[user_id], *rest)
+        yield (asked[event_id], type_, payload, users[user_id], created_at, attempts, replayed)
 
 
 def claim_events_portable(event_ids: list[uuid.UUID], worker_id: str) -> list[ClaimedEvent]:
@@ -127,7 +130,9 @@ def claim_events_portable(event_ids: list[uuid.UUID], worker_id: str) -> list[Cl
     return _in_message_order(rows, event_ids)
 
 
-def _in_message_order(rows, event_ids: list[uuid.UUID]) -> list[ClaimedEvent]:
+def _in_message_order(
+    rows: Iterable[Sequence[Any]], event_ids: list[uuid.UUID]
+) -> list[ClaimedEvent]:
     """Claims from (id, type, payload, user_id, created_at, attempts, replayed_attempts) rows."""
     order = {event_id: index for index, event_id in enumerate(event_ids)}
     # Positional, as the rows come: per event, attribute access by name cost as much as the
@@ -140,7 +145,14 @@ def _in_message_order(rows, event_ids: list[uuid.UUID]) -> list[ClaimedEvent]:
     return claims
 
 
-def _close_attempt(event_id, number, outcome: Outcome, now, error=None, traceback=None) -> None:
+def _close_attempt(
+    event_id: uuid.UUID,
+    number: int,
+    outcome: Outcome,
+    now: datetime,
+    error: str | None = None,
+    traceback: str | None = None,
+) -> None:
     db.session.execute(
         update(EventAttempt)
         .where(EventAttempt.event_id == event_id, EventAttempt.number == number)
@@ -148,12 +160,12 @@ def _close_attempt(event_id, number, outcome: Outcome, now, error=None, tracebac
     )
 
 
-def _held(event_id, number):
+def _held(event_id: uuid.UUID, number: int) -> tuple[ColumnElement[bool], ...]:
     """The guard for a worker's own claim: still PROCESSING under the same attempt."""
     return (Event.id == event_id, Event.status == Status.PROCESSING.value, Event.attempts == number)
 
 
-def _all_held(claims: list[ClaimedEvent]):
+def _all_held(claims: list[ClaimedEvent]) -> tuple[ColumnElement[bool], ...]:
     """_held for many claims at once."""
     return (
         Event.status == Status.PROCESSING.value,
@@ -161,7 +173,7 @@ def _all_held(claims: list[ClaimedEvent]):
     )
 
 
-def _attempts_of(claims: list[ClaimedEvent]):
+def _attempts_of(claims: list[ClaimedEvent]) -> ColumnElement[bool]:
     """The event_attempts rows these claims opened."""
     return tuple_(EventAttempt.event_id, EventAttempt.number).in_(
         [(c.id, c.number) for c in claims]
@@ -417,9 +429,10 @@ def find_orphans(cutoff: datetime, limit: int) -> list[tuple[uuid.UUID, int]]:
 
 def count_waiting() -> int:
     """Events that should have a message in the queue (or its schedule)."""
-    return db.session.scalar(
+    waiting = db.session.scalar(
         select(func.count()).select_from(Event).where(Event.status.in_(WAITING))
     )
+    return waiting or 0
 
 
 def touch_waiting(cutoff: datetime, limit: int) -> list[uuid.UUID]:

@@ -85,7 +85,9 @@ class Heartbeat:
                 logger.warning("could not remove worker row", exc_info=True)
 
 
-def _recovery_loop(app: Flask, queue: EventQueue, settings: Settings, stop: threading.Event):
+def _recovery_loop(
+    app: Flask, queue: EventQueue, settings: Settings, stop: threading.Event
+) -> None:
     interval = settings.recovery_interval_seconds
     while not stop.wait(interval):
         with app.app_context():
@@ -107,7 +109,6 @@ def run_worker(app: Flask, processor: Processor, workers: int, processes: bool) 
     huey = queue.huey
     heartbeat = Heartbeat(app, processor, workers if not processes else 1)
 
-    @huey.on_startup("eventflow")
     def start_worker() -> None:
         if processes:
             # A forked child must not share the parent's database connections.
@@ -118,11 +119,9 @@ def run_worker(app: Flask, processor: Processor, workers: int, processes: bool) 
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         heartbeat.ensure_started()
 
+    huey.on_startup("eventflow")(start_worker)
     if processes:
-
-        @huey.on_shutdown("eventflow")
-        def stop_worker() -> None:
-            heartbeat.stop()
+        huey.on_shutdown("eventflow")(heartbeat.stop)
 
     consumer = huey.create_consumer(
         workers=workers,
