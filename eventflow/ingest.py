@@ -25,6 +25,7 @@ from sqlalchemy import Connection, bindparam, exists, insert, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
+from .backend import backend_of
 from .config import Settings
 from .errors import ApiError
 from .events import MAX_IDEMPOTENCY_KEY, TYPE_PATTERN
@@ -154,16 +155,22 @@ def _guarded_insert():
 
 
 COMMITTER_KEY = "eventflow.group_commit"
+BATCH_INSERT_KEY = "eventflow.batch_insert"
 
 
 def init_ingest(app: Flask, settings: Settings) -> None:
-    """On PostgreSQL, concurrent requests of a process share their INSERT (group_commit.py)."""
-    if settings.database_url.startswith("postgresql"):
+    """Pick the backend's statements once: on PostgreSQL, concurrent requests of a process share
+    their INSERT (group_commit.py) and a batch is one column-wise INSERT; on SQLite, one guarded
+    INSERT per row."""
+    if backend_of(app).database.group_commit:
         queue = app.extensions["eventflow.queue"]
         app.extensions[COMMITTER_KEY] = GroupCommitter(
             app.extensions[INGEST_ENGINE_KEY],
             lambda ids: queue.enqueue(ids, ingested=len(ids)),
         )
+        app.extensions[BATCH_INSERT_KEY] = _insert_postgresql
+    else:
+        app.extensions[BATCH_INSERT_KEY] = _insert_embedded
 
 
 def create_event(
@@ -385,10 +392,8 @@ def create_events(credentials: Credentials, batch: list[BatchEvent]) -> BatchOut
         fresh.append(index)
     originals: dict[str, str] = {}  # key -> id of the event stored before this batch
     with db.engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            inserted = _insert_postgresql(conn, credentials, batch, ids, fresh)
-        else:
-            inserted = _insert_embedded(conn, credentials, batch, ids, fresh)
+        insert_batch = current_app.extensions[BATCH_INSERT_KEY]
+        inserted = insert_batch(conn, credentials, batch, ids, fresh)
         if inserted < len(fresh):
             stored = conn.execute(
                 _STORED_KEYS, {"user_id": credentials.user_id, "keys": list(first)}

@@ -11,6 +11,7 @@ from typing import Any
 
 import redis
 from flask import Flask, current_app
+from huey import Huey
 from huey.serializer import Serializer
 
 from ..backend import Backend, Database
@@ -29,7 +30,7 @@ QUEUE_ERRORS = (redis.RedisError, sqlite3.Error, OSError)
 _ID_LENGTH = len(str(uuid.UUID(int=0)))
 
 
-def message_writer(huey, process_task) -> Callable[[str], bytes]:
+def message_writer(huey: Huey, process_task: Any) -> Callable[[str], bytes]:
     """A function that writes Huey's queue message for process_event(<event id>).
 
     Huey builds a task object, a message tuple and a pickle for every message: a tenth of the
@@ -39,9 +40,14 @@ def message_writer(huey, process_task) -> Callable[[str], bytes]:
     (same length, so the pickle stays valid). A serializer that signs or compresses messages
     gets Huey's own path.
     """
+
+    def hueys_own(event_id: str) -> bytes:
+        message: bytes = huey.serialize_task(process_task.s(event_id))
+        return message
+
     serializer = huey.serializer
     if type(serializer) is not Serializer or serializer.comp:
-        return lambda event_id: huey.serialize_task(process_task.s(event_id))
+        return hueys_own
     task_marker, event_marker = "T" * _ID_LENGTH, "E" * _ID_LENGTH
     task = process_task.s(event_marker)
     task.id = task_marker
@@ -50,8 +56,8 @@ def message_writer(huey, process_task) -> Callable[[str], bytes]:
     middle, tail = rest.split(event_marker.encode())
 
     def write(event_id: str) -> bytes:
-        if len(event_id) != _ID_LENGTH or not event_id.isascii():  # let Huey write it
-            return huey.serialize_task(process_task.s(event_id))
+        if len(event_id) != _ID_LENGTH or not event_id.isascii():
+            return hueys_own(event_id)
         task_id = os.urandom(18).hex()[:_ID_LENGTH]  # unique; Huey only compares task ids
         return b"".join((head, task_id.encode(), middle, event_id.encode(), tail))
 
