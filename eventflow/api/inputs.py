@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
-import math
 import time
 from types import MappingProxyType
 
@@ -17,34 +15,12 @@ from .. import tokens
 from ..errors import ApiError
 from ..events import Viewer
 from ..models import Role
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text} is out of range")
-    return value
+from ..schemas.parsing import parse_json
 
 
 def json_body() -> object:
     """The request body parsed as strict JSON (no NaN/Infinity), or a 400 saying why not."""
     return parse_json(request.get_data(cache=True))  # over 1 MiB -> 413 before we get here
-
-
-def parse_json(raw: bytes) -> object:
-    """Bytes parsed as strict JSON (no NaN/Infinity), or a 400 saying why not."""
-    if not raw.strip():
-        raise ApiError(400, "invalid_json", "the request body must be a JSON object")
-    try:
-        return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
-    except UnicodeDecodeError:
-        raise ApiError(400, "invalid_json", "the request body is not UTF-8 text") from None
-    except (ValueError, RecursionError) as exc:
-        raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
 
 
 @functools.lru_cache(maxsize=4096)
