@@ -4,4 +4,4 @@ from flask import Blueprint
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
-from . import admin, auth, events, health  # noqa: E402,F401  (routes register on import)
+from . import admin, auth, docs, events, health  # noqa: E402,F401  (routes register on import)

@@ -1,0 +1,24 @@
+"""GET /api/v1/openapi.json: the API's document, generated from the routes' declarations."""
+
+from typing import Any
+
+from flask import current_app
+
+from . import bp
+from .openapi import build_document
+from .operation import operation
+
+DOCUMENT_KEY = "eventflow.openapi"
+
+
+@bp.get("/openapi.json")
+@operation(
+    "This document: OpenAPI 3.1, generated from the code that checks requests",
+    tag="operations",
+    responses={200: dict[str, Any]},
+)
+def openapi_document():
+    # Built on first use: the routes it describes do not change while the app runs.
+    if DOCUMENT_KEY not in current_app.extensions:
+        current_app.extensions[DOCUMENT_KEY] = build_document(current_app)
+    return current_app.extensions[DOCUMENT_KEY]
