@@ -1,17 +1,18 @@
-"""GET /api/v1/openapi.json: the API's document, generated from the routes' declarations."""
+"""GET /api/v1/openapi.json, the API's document, and /api/docs, which renders it (Swagger UI)."""
 
 from typing import Any
 
-from flask import current_app
+from flask import Blueprint, current_app, render_template
 
-from . import bp
+from . import bp as api_bp
 from .openapi import build_document
 from .operation import operation
 
+bp = Blueprint("docs", __name__)
 DOCUMENT_KEY = "eventflow.openapi"
 
 
-@bp.get("/openapi.json")
+@api_bp.get("/openapi.json")
 @operation(
     "This document: OpenAPI 3.1, generated from the code that checks requests",
     tag="operations",
@@ -22,3 +23,8 @@ def openapi_document():
     if DOCUMENT_KEY not in current_app.extensions:
         current_app.extensions[DOCUMENT_KEY] = build_document(current_app)
     return current_app.extensions[DOCUMENT_KEY]
+
+
+@bp.get("/api/docs")
+def api_docs():
+    return render_template("api_docs.html")

@@ -49,6 +49,12 @@ SECURITY = {
     "refresh": [{"refreshToken": []}],
     "access_or_refresh": [{"accessToken": []}, {"refreshToken": []}],
 }
+TAGS = [
+    {"name": "auth", "description": "Accounts, tokens and sessions."},
+    {"name": "events", "description": "Ingest events and follow them."},
+    {"name": "dlq", "description": "The dead-letter queue and replays (admins)."},
+    {"name": "operations", "description": "Health, metrics and this document."},
+]
 DESCRIPTION = """Event ingestion and processing. Every error, 4xx or 5xx, is
 `{"error": {"code": "snake_case", "message": "…"}}`. Authenticate with
 `Authorization: Bearer <access_token>` from `POST /api/v1/auth/login`."""
@@ -81,6 +87,7 @@ def build_document(app: Flask) -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "EventFlow API", "version": "1", "description": DESCRIPTION},
         "servers": [{"url": "/"}],
+        "tags": TAGS,
         "paths": paths,
         "components": {"schemas": schemas.definitions(), "securitySchemes": SECURITY_SCHEMES},
     }

@@ -20,7 +20,7 @@ class Out(BaseModel):
 
 
 class ErrorDetail(Out):
-    code: str = Field(pattern=r"^[a-z][a-z0-9_]*$", examples=["invalid_type"])
+    code: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="snake_case, stable: for code.")
     message: str = Field(description="What is wrong, for a person to read.")
 
 
