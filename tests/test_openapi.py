@@ -1,5 +1,7 @@
 """GET /api/v1/openapi.json: generated from the routes, complete, and valid OpenAPI 3.1."""
 
+import re
+
 from openapi_spec_validator import OpenAPIV31SpecValidator
 
 from eventflow.api.openapi import build_document
@@ -30,7 +32,7 @@ def test_the_document_is_served_without_a_token_and_is_valid_openapi_3_1(client)
 def test_every_api_route_of_the_url_map_is_documented_with_each_method(app, client):
     documented = {(path, method.upper()) for path, method, _ in _operations(_document(client))}
     routes = {
-        (rule.rule.replace("<event_id>", "{event_id}"), method)
+        (re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method)
         for rule in app.url_map.iter_rules()
         if rule.rule.startswith("/api/v1/") or rule.rule in ("/health", "/metrics")
         for method in rule.methods - UNDOCUMENTED_METHODS

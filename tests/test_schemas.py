@@ -13,7 +13,7 @@ import pytest
 from eventflow import ingest
 from eventflow.errors import ApiError
 from eventflow.schemas.parsing import parse_event_id, parse_json, parse_query, validate
-from eventflow.schemas.requests import EventQuery, NewEvent, NewEvents
+from eventflow.schemas.requests import EventQuery, IngestHeaders, NewEvent, NewEvents
 from eventflow.schemas.rules import decode_cursor, encode_cursor
 
 
@@ -100,7 +100,7 @@ def test_strict_json_refuses_nan_infinity_and_out_of_range_numbers_and_keeps_big
 
 
 def test_query_strings_parse_to_typed_values_with_the_old_codes():
-    query = parse_query(EventQuery, {"limit": "5", "status": "failed", "type": "", "x": "?"})
+    query = parse_query(EventQuery, {"limit": "5", "status": "failed", "x": "?"})
     assert (query.limit, query.page, query.status, query.type) == (5, 1, "FAILED", None)
     by_cursor = parse_query(EventQuery, {"cursor": ""})
     assert (by_cursor.page, by_cursor.cursor) == (None, None)
@@ -111,6 +111,8 @@ def test_query_strings_parse_to_typed_values_with_the_old_codes():
         ({"page": "9" * 19}, "invalid_page"),
         ({"status": "DONE"}, "invalid_status"),
         ({"type": "a b"}, "invalid_type"),
+        ({"type": ""}, "invalid_type"),  # empty is a value, and not a type
+        ({"limit": ""}, "invalid_limit"),
         ({"cursor": "nope"}, "invalid_cursor"),
         ({"cursor": "", "page": "x"}, "page_and_cursor"),
         ({"user": "a\x00b"}, "invalid_user"),
@@ -140,3 +142,10 @@ def test_a_malformed_event_id_is_the_404_of_an_unknown_one():
         "event_not_found",
         "no event with id 'not-a-uuid'",
     )
+
+
+@pytest.mark.parametrize("key", ["order-1", "k" * 255, "k" * 256, "", "tab\there", None])
+def test_idempotency_key_header_schema_answers_as_ingest_does(key):
+    headers = {} if key is None else {"Idempotency-Key": key}
+    schema_answer = _answer(validate, IngestHeaders, headers, "header")
+    assert schema_answer == _answer(ingest.check_idempotency_key, key)

@@ -11,7 +11,7 @@ from .operation import operation
 ADMIN_ERRORS = {401: "", 403: "forbidden: for admins only.", 503: ""}
 
 
-@bp.post("/events/<event_id>/replay")
+@bp.post("/events/<event_id:event_id>/replay")
 @admin_required
 @operation(
     "Replay a FAILED event with a fresh set of attempts",

@@ -104,7 +104,7 @@ def create_events():
     return {"items": items, "accepted": outcome.accepted, "duplicates": outcome.duplicates}, 202
 
 
-@bp.get("/events/<event_id>")
+@bp.get("/events/<event_id:event_id>")
 @bearer_required
 @operation(
     "One event",

@@ -145,7 +145,8 @@ def _page_of_events(filters: dict[str, str], **fixed: str):
         "user": filters.get("user"),
     }
     try:
-        query = parse_query(EventQuery, args)
+        # A form's empty field is no filter.
+        query = parse_query(EventQuery, {k: v for k, v in args.items() if v})
         page = events.list_events(
             _viewer(),
             limit=query.limit,

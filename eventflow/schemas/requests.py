@@ -144,17 +144,10 @@ class EventPath(BaseModel):
 
 
 class Query(BaseModel):
-    """A query string: unknown arguments are ignored; an empty one is as if not given."""
+    """A query string: unknown arguments are ignored. An empty value is a value (a bad one,
+    except the cursor's): the dashboard's forms drop their empty fields before parsing."""
 
     model_config = ConfigDict(extra="ignore")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _empty_is_absent(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            # Except the cursor: empty, it starts a walk at the newest event.
-            return {k: v for k, v in data.items() if v is not None and (v != "" or k == "cursor")}
-        return data
 
 
 class _Paged(Query):
