@@ -30,6 +30,12 @@ ERROR_MEANINGS = {
     429: "rate_limited: try again after Retry-After seconds.",
     503: "database_unavailable: PostgreSQL cannot be reached; nothing was written.",
 }
+# gunicorn answers these itself, before the app sees the request, for any route (in the error
+# envelope: eventflow/server.py); nginx in front does the same.
+SERVER_LIMITS = {
+    414: "uri_too_long: the URL with its query string is over the server's limit (4 KB).",
+    431: "request_header_fields_too_large: the headers are over the server's limits.",
+}
 SECURITY_SCHEMES = {
     "accessToken": {
         "type": "http",
@@ -147,7 +153,7 @@ def _operation_object(
     responses = {}
     for status, kind in spec.responses.items():
         responses[str(status)] = _response(status, kind, spec, schemas, endpoints)
-    for status, meaning in spec.errors.items():
+    for status, meaning in {**SERVER_LIMITS, **spec.errors}.items():
         responses[str(status)] = _error_response(status, meaning, schemas)
     result["responses"] = dict(sorted(responses.items()))
     if spec.auth is not None:
