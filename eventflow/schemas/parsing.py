@@ -12,12 +12,13 @@ import json
 import math
 import uuid
 from collections.abc import Mapping
-from typing import Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ..errors import ApiError
-from .rules import EventId, Invalid
+from .requests import EventPath
+from .rules import Invalid
 
 Location = Literal["body", "query", "path", "header"]
 T = TypeVar("T")
@@ -60,50 +61,40 @@ def parse_query(model: type[T], args: Mapping[str, str]) -> T:
     return validate(model, dict(args.items()), "query")
 
 
-_EVENT_ID = TypeAdapter(EventId)
-
-
 def parse_event_id(raw: str) -> uuid.UUID:
     """An event id from a URL, or the 404 of an unknown id: a malformed one names no event."""
-    return validate(_EVENT_ID, raw, "path")
+    return validate(EventPath, {"event_id": raw}, "path").event_id
 
 
-def validate(schema: type[T] | TypeAdapter[T], data: Any, location: Location) -> T:
-    """`data` checked against a model (or a TypeAdapter); a ValidationError becomes an ApiError."""
-    if isinstance(schema, TypeAdapter):
-        adapter, root = schema, None
-    else:
-        adapter, root = _adapter(schema), schema
+def validate(model: type[T], data: Any, location: Location) -> T:
+    """`data` checked against a model; a ValidationError becomes the ApiError of its rule."""
+    adapter = _ADAPTERS.get(model)
+    if adapter is None:
+        adapter = _ADAPTERS[model] = TypeAdapter(model)
     try:
         return adapter.validate_python(data)
     except ValidationError as exc:
-        raise as_api_error(exc, root, location) from None
+        raise as_api_error(exc, model, location) from None
 
 
 _ADAPTERS: dict[type, TypeAdapter] = {}
 
 
-def _adapter(model: type) -> TypeAdapter:
-    adapter = _ADAPTERS.get(model)
-    if adapter is None:
-        adapter = _ADAPTERS[model] = TypeAdapter(model)
-    return adapter
-
-
-def as_api_error(exc: ValidationError, root: type | None, location: Location) -> ApiError:
+def as_api_error(exc: ValidationError, model: type, location: Location) -> ApiError:
     """The first failure of a validation as the API's error: code, status and message."""
     error = exc.errors(include_url=False)[0]
     loc = tuple(error["loc"])
     context = error.get("ctx") or {}
-    if "status" in context:  # one of our rules (rules.Invalid) or models
+    if "status" in context:  # raised by a validator of ours, with its code (rules.Invalid.error)
         code, reason = error["type"], error["msg"]
         status, whole = int(context["status"]), bool(context["whole"])
     else:
-        rule = _rule_at(root, loc) if error["type"] == "missing" else None
-        if rule is not None:
-            code, reason, status, whole = rule.code, rule.reason, rule.status, rule.whole
-        else:  # a check without a rule of ours: still a 400 naming the field
+        rule = _rule_at(model, loc)
+        if rule is None:  # a check without a rule of ours: still a 400 naming the field
             code, reason, status, whole = "invalid_request", error["msg"].lower(), 400, False
+        else:
+            code, status, whole = rule.code, rule.status, rule.whole
+            reason = rule.message(error.get("input")) if whole else rule.reason
     return ApiError(status, code, reason if whole else _message(location, loc, reason))
 
 
@@ -114,21 +105,39 @@ def _message(location: Location, loc: tuple, reason: str) -> str:
     return f"{where} {reason}" if len(loc) == 1 else f"{where}: {reason}"
 
 
-def _rule_at(root: type | None, loc: tuple) -> Invalid | None:
-    """The rule of the field at `loc` (for a missing field, which no validator of its own saw)."""
-    annotation: Any = root
+def _rule_at(model: type, loc: tuple) -> Invalid | None:
+    """The rule of the deepest field on the error's path that has one."""
+    annotation: Any = model
     rule = None
     for part in loc:
-        if isinstance(part, int):
-            annotation, rule = next(iter(get_args(annotation)), None), None
+        if isinstance(part, int):  # an item of a list
+            annotation = next(iter(get_args(annotation)), None)
             continue
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return None
-        field = next(
-            (f for name, f in annotation.model_fields.items() if part in (name, f.alias)), None
-        )
+        holder = _model_in(annotation)
+        fields = holder.model_fields.items() if holder is not None else ()
+        field = next((f for name, f in fields if part in (name, f.alias)), None)
         if field is None:
-            return None
-        rule = next((m for m in field.metadata if isinstance(m, Invalid)), None)
+            break
+        rule = _rule_of(field.metadata, field.annotation) or rule
         annotation = field.annotation
     return rule
+
+
+def _rule_of(metadata: list, annotation: Any) -> Invalid | None:
+    """The Invalid marker of a field: on the field, or on the rule type in its `X | None`."""
+    for candidate in [*metadata, *(m for arg in get_args(annotation) for m in _annotated(arg))]:
+        if isinstance(candidate, Invalid):
+            return candidate
+    return None
+
+
+def _annotated(annotation: Any) -> tuple:
+    return getattr(annotation, "__metadata__", ()) if get_origin(annotation) is Annotated else ()
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model a field holds, directly or as `Model | None`."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None

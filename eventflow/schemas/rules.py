@@ -1,8 +1,8 @@
 """The API's field rules, each written once: event types, ids, idempotency keys, paging, cursors.
 
 A rule is a type (`Annotated[...]`) whose constraints pydantic both checks and writes into the
-JSON Schema, ending with an `Invalid` marker that gives any failure of the field the error code
-and reason the API has always answered with (see parsing.py for how they become the envelope).
+JSON Schema, with an `Invalid` marker that gives any failure of the field the error code and
+reason the API has always answered with (see parsing.py for how they become the envelope).
 """
 
 from __future__ import annotations
@@ -14,16 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import (
-    AfterValidator,
-    BeforeValidator,
-    Field,
-    GetCoreSchemaHandler,
-    PlainValidator,
-    ValidationError,
-    WithJsonSchema,
-)
-from pydantic_core import PydanticCustomError, core_schema
+from pydantic import AfterValidator, BeforeValidator, Field, PlainValidator, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
 from ..models import Status
 from ..users import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
@@ -34,36 +26,25 @@ class Invalid:
     """Annotated metadata: any failure of the field is this error code, status and reason.
 
     The reason follows the field's name ("type must be …"); with `whole=True` it is the whole
-    message, in which "{value}" stands for the rejected value. With `wraps=False` the marker
-    only names the error of a missing field: a validator of the field raises `error()` itself
-    (a list whose items have rules of their own).
+    message, in which "{value}" stands for the rejected value. Only a failure reads the marker
+    (parsing.py finds it from the error's location), so a valid request pays nothing for it.
     """
 
     code: str
     reason: str
     status: int = 400
     whole: bool = False
-    wraps: bool = True
 
     def error(self, value: Any = None, **details: str) -> PydanticCustomError:
-        """The error to raise; `details` fill placeholders of the reason besides {value}."""
+        """The error for a validator to raise; `details` fill the reason's placeholders."""
         # The rejected value goes last: pydantic fills the placeholders in order, so the text
         # a client sent is never searched for more of them.
         context = {"status": self.status, "whole": self.whole, **details, "value": repr(value)}
         return PydanticCustomError(self.code, self.reason, context)
 
-    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler):
-        inner = handler(source)
-        if not self.wraps:
-            return inner
-
-        def check(value: Any, validate: core_schema.ValidatorFunctionWrapHandler) -> Any:
-            try:
-                return validate(value)
-            except ValidationError:
-                raise self.error(value) from None
-
-        return core_schema.no_info_wrap_validator_function(check, inner)
+    def message(self, value: Any) -> str:
+        """The reason, with the rejected value in place of "{value}"."""
+        return self.reason.replace("{value}", repr(value))
 
 
 # --- events --------------------------------------------------------------------------------------
