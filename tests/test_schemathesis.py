@@ -16,7 +16,8 @@ import pytest
 import redis as redis_lib
 import requests
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis.errors import Flaky
 
 from .conftest import flask_cli, launch_gunicorn, wait_until_serving
 
@@ -144,6 +145,7 @@ def linked_schema(api_server):
 def test_linked_calls_register_login_ingest_and_read_as_documented(linked_schema, accounts):
     calls: list[tuple[str, int]] = []
     links: set[str] = set()  # the links the scenarios followed
+    failures: list[Exception] = []  # what the checks found, kept in case Hypothesis loses it
 
     class Machine(linked_schema.as_state_machine()):
         def step(self, input):
@@ -162,15 +164,31 @@ def test_linked_calls_register_login_ingest_and_read_as_documented(linked_schema
         def after_call(self, response, case):
             calls.append((case.operation.label, response.status_code))
 
-    Machine.run(
-        settings=settings(
-            max_examples=LINKED_SCENARIOS,
-            stateful_step_count=6,
-            deadline=None,
-            database=None,
-            suppress_health_check=list(HealthCheck),
+        def validate_response(self, response, case, **kwargs):
+            try:
+                super().validate_response(response, case, **kwargs)
+            except Exception as exc:
+                failures.append(exc)
+                raise
+
+    try:
+        Machine.run(
+            settings=settings(
+                max_examples=LINKED_SCENARIOS,
+                stateful_step_count=6,
+                deadline=None,
+                database=None,
+                # The server's state moves on, so a scenario cannot be replayed: none is shrunk.
+                phases=[Phase.generate],
+                suppress_health_check=list(HealthCheck),
+            )
         )
-    )
+    except Flaky:
+        # Hypothesis noticed that a scenario's rules differ from an earlier run of the same
+        # choices (a login that succeeded once is refused now). schemathesis' own runner treats
+        # this as no finding; a check that failed is still reported below.
+        pass
+    assert failures == []
     assert links >= {
         "POST /api/v1/auth/register -> [201] LogIn",
         "POST /api/v1/auth/login -> [200] CreateEvent",
