@@ -118,6 +118,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     init_security(app, settings)  # after Socket.IO, so ProxyFix sees every request first
 
     from .api import bp as api_bp
+    from .api.docs import bp as docs_bp
     from .api.health import bp as health_bp
     from .api.metrics import bp as metrics_bp
     from .dashboard import bp as dashboard_bp
@@ -126,6 +127,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     csrf.exempt(health_bp)
     app.register_blueprint(api_bp)
     app.register_blueprint(health_bp)
+    app.register_blueprint(docs_bp)
     app.register_blueprint(dashboard_bp)
     app.add_url_rule("/", "index", lambda: redirect(url_for("dashboard.overview")))
     app.register_blueprint(metrics_bp)

@@ -12,6 +12,8 @@ from flask.cli import AppGroup
 from . import events, users
 from .errors import ApiError
 from .models import Role, Status
+from .schemas.parsing import parse_event_id, parse_query, validate
+from .schemas.requests import DlqQuery, DlqReplay
 
 users_cli = AppGroup("users", help="Manage user accounts.")
 dlq_cli = AppGroup("dlq", help="Inspect and replay the dead-letter queue.")
@@ -101,12 +103,14 @@ def worker(workers: int, processes: bool) -> None:
 def dlq_list(event_type: str | None, limit: str) -> None:
     """List the FAILED events, newest first."""
     try:
+        args = {"limit": limit} if event_type is None else {"limit": limit, "type": event_type}
+        query = parse_query(DlqQuery, args)
         page = events.list_events(
             # An admin of no account (the nil id): admins' listings filter by no user.
             events.Viewer(user_id=uuid.UUID(int=0), is_admin=True),
-            status=Status.FAILED.value,
-            event_type=event_type,
-            limit=limit,
+            limit=query.limit,
+            status=Status.FAILED,
+            event_type=query.type,
         )
     except ApiError as exc:
         _fail(exc)
@@ -124,10 +128,11 @@ def dlq_replay(event_id: str | None, event_type: str | None) -> None:
     """Replay one DLQ event by id, or every DLQ event (of a type)."""
     try:
         if event_id:
-            events.replay_event(event_id)
+            events.replay_event(parse_event_id(event_id))
             click.echo(f"replayed {event_id}")
         else:
-            click.echo(f"replayed {events.replay_dlq(event_type)} event(s)")
+            replay = validate(DlqReplay, {"type": event_type}, "body")
+            click.echo(f"replayed {events.replay_dlq(replay.type)} event(s)")
     except ApiError as exc:
         _fail(exc)
 

@@ -28,10 +28,10 @@ from sqlalchemy.exc import IntegrityError
 from .backend import backend_of
 from .config import Settings
 from .errors import ApiError
-from .events import MAX_IDEMPOTENCY_KEY, TYPE_PATTERN
 from .extensions import INGEST_ENGINE_KEY, db, ingest_engine
 from .group_commit import GroupCommitter, Pending
 from .models import Event, RevokedToken, Status, User, utcnow
+from .schemas.rules import MAX_IDEMPOTENCY_KEY, TYPE_PATTERN
 from .tasks.queue import get_queue
 from .tokens import Credentials, check_session
 

@@ -101,11 +101,21 @@ def test_bad_query_values_are_400(client, auth):
         ("page=x", "invalid_page"),
         ("status=DONE", "invalid_status"),
         ("type=bad%20type", "invalid_type"),
+        ("type=A%0A", "invalid_type"),  # a trailing newline is not a type character
+        ("type=", "invalid_type"),  # empty is a value, not "no filter"
+        ("limit=", "invalid_limit"),
+        ("status=", "invalid_status"),
     ]:
         response = client.get(f"/api/v1/events?{query}", headers=auth)
         assert response.status_code == 400, query
         assert response.get_json()["error"]["code"] == code, query
     assert client.get("/api/v1/events?limit=100", headers=auth).status_code == 200
+
+
+def test_an_admins_user_filter_with_a_nul_is_400_not_500(client, admin_auth):
+    response = client.get("/api/v1/events?user=a%00b", headers=admin_auth)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "invalid_user"
 
 
 def test_unknown_api_paths_and_methods_use_the_envelope(client, auth):
@@ -115,6 +125,10 @@ def test_unknown_api_paths_and_methods_use_the_envelope(client, auth):
     wrong = client.put("/api/v1/events", headers=auth)
     assert wrong.status_code == 405
     assert wrong.get_json()["error"]["code"] == "method_not_allowed"
+    # /events/batch is not an event id: GET there is a wrong method, not an unknown event.
+    batch = client.get("/api/v1/events/batch", headers=auth)
+    assert batch.status_code == 405
+    assert set(batch.headers["Allow"].split(", ")) == {"POST", "OPTIONS"}
 
 
 def test_admin_routes_are_403_for_ordinary_users(client, auth):

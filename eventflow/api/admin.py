@@ -1,44 +1,75 @@
 """Admin routes: replay one event, list and replay the dead-letter queue."""
 
-from flask import request
-
 from .. import events
-from ..errors import ApiError
 from ..models import Status
+from ..schemas.requests import DlqQuery, DlqReplay, EventPath
+from ..schemas.responses import EventPage, Queued, Replayed, event_page
 from . import bp
-from .inputs import admin_required, current_viewer, json_body
-from .serialize import page_to_dict
+from .inputs import admin_required, current_viewer
+from .operation import operation
+
+ADMIN_ERRORS = {401: "", 403: "forbidden: for admins only.", 503: ""}
 
 
-@bp.post("/events/<event_id>/replay")
+@bp.post("/events/<event_id:event_id>/replay")
 @admin_required
-def replay_event(event_id: str):
-    replayed = events.replay_event(event_id)
-    return {"eventId": str(replayed), "status": "queued"}, 202
+@operation(
+    "Replay a FAILED event with a fresh set of attempts",
+    tag="dlq",
+    auth="access",
+    path=EventPath,
+    responses={202: Queued},
+    errors={
+        **ADMIN_ERRORS,
+        404: "event_not_found: no such event, or a malformed id.",
+        409: "not_in_dlq: only FAILED events can be replayed.",
+    },
+    description="The attempt history is kept.",
+)
+def replay_event(event_id):
+    return {"eventId": events.replay_event(event_id), "status": "queued"}, 202
 
 
 @bp.get("/dlq")
 @admin_required
-def list_dlq():
-    args = request.args
+@operation(
+    "The dead-letter queue: FAILED events, newest first",
+    tag="dlq",
+    auth="access",
+    query=DlqQuery,
+    responses={200: EventPage},
+    errors={
+        **ADMIN_ERRORS,
+        400: "invalid_page, invalid_limit, invalid_cursor, invalid_type, page_and_cursor, "
+        "page_too_deep (page × limit over 10,000: use cursor).",
+    },
+)
+def list_dlq(query: DlqQuery):
     page = events.list_events(
         current_viewer(),
-        page=args.get("page"),
-        cursor=args.get("cursor"),
-        limit=args.get("limit"),
-        status=Status.FAILED.value,
-        event_type=args.get("type"),
+        limit=query.limit,
+        page=query.page,
+        after=query.cursor,
+        status=Status.FAILED,
+        event_type=query.type,
     )
-    return page_to_dict(page)
+    return event_page(page)
 
 
 @bp.post("/dlq/replay")
 @admin_required
-def replay_dlq():
-    body = json_body() if request.get_data(cache=True).strip() else {}
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_body", "the body must be a JSON object")
-    unknown = sorted(set(body) - {"type"})
-    if unknown:
-        raise ApiError(400, "unknown_field", f"unknown field(s): {', '.join(unknown)}")
-    return {"replayed": events.replay_dlq(body.get("type"))}, 202
+@operation(
+    "Replay every DLQ event, or those of one type",
+    tag="dlq",
+    auth="access",
+    body=DlqReplay,
+    body_required=False,
+    responses={202: Replayed},
+    errors={
+        **ADMIN_ERRORS,
+        400: "invalid_json, invalid_body, unknown_field, invalid_type.",
+        413: "",
+    },
+)
+def replay_dlq(body: DlqReplay):
+    return {"replayed": events.replay_dlq(body.type)}, 202

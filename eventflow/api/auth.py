@@ -3,43 +3,99 @@
 from flask import current_app
 
 from .. import tokens, users
-from ..errors import ApiError
+from ..schemas.requests import Login, PasswordChange, Registration
+from ..schemas.responses import AccessToken, Account, Tokens
 from ..security import limit_failed_logins, limit_registrations
 from . import bp
-from .inputs import bearer_required, current_credentials, json_body, verified_claims
+from .inputs import bearer_required, current_credentials, verified_claims
+from .operation import Link, operation
 
-
-def _credentials() -> tuple[object, object]:
-    body = json_body()
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_body", "the body must be a JSON object")
-    return body.get("email"), body.get("password")
+BAD_BODY = "invalid_json, invalid_body, or a field's rule (the message names it)."
 
 
 @bp.post("/auth/register")
 @limit_registrations
-def register():
-    email, password = _credentials()
-    user = users.create_user(email, password)
-    return {"id": str(user.id), "email": user.email, "role": user.role}, 201
+@operation(
+    "Create an account (role user)",
+    tag="auth",
+    body=Registration,
+    responses={201: Account},
+    errors={
+        400: f"{BAD_BODY} invalid_email, invalid_password.",
+        409: "email_taken: an account with this e-mail exists (compared case-insensitively).",
+        413: "",
+        429: "rate_limited: too many registrations from this address.",
+        503: "",
+    },
+    links={
+        201: {
+            "LogIn": Link(
+                "api.login",
+                body={"email": "$request.body#/email", "password": "$request.body#/password"},
+                description="Log in with the new account.",
+            )
+        }
+    },
+)
+def register(body: Registration):
+    user = users.create_user(body.email, body.password)
+    return user, 201
 
 
 @bp.post("/auth/login")
 @limit_failed_logins("json")
-def login():
-    email, password = _credentials()
-    user = users.authenticate(email, password)
-    settings = current_app.config["EVENTFLOW"]
-    return tokens.issue_tokens(user, settings), 200
+@operation(
+    "Log in: an access token and a refresh token",
+    tag="auth",
+    body=Login,
+    responses={200: Tokens},
+    errors={
+        400: f"{BAD_BODY} invalid_request.",
+        401: "invalid_credentials: the same for an unknown e-mail and a wrong password.",
+        413: "",
+        429: "rate_limited: too many failed logins for this account or from this address.",
+        503: "",
+    },
+    links={
+        200: {
+            "CreateEvent": Link(
+                "api.create_event",
+                parameters={"header.Authorization": "Bearer {$response.body#/access_token}"},
+                description="Ingest an event as the user who logged in.",
+            ),
+            "Refresh": Link(
+                "api.refresh",
+                parameters={"header.Authorization": "Bearer {$response.body#/refresh_token}"},
+            ),
+        }
+    },
+)
+def login(body: Login):
+    user = users.authenticate(body.email, body.password)
+    return tokens.issue_tokens(user, current_app.config["EVENTFLOW"])
 
 
 @bp.post("/auth/refresh")
+@operation(
+    "A new access token for the refresh token's session",
+    tag="auth",
+    auth="refresh",
+    responses={200: AccessToken},
+    errors={401: "", 503: ""},
+)
 def refresh():
     credentials = tokens.credentials_from_claims(verified_claims("refresh"))
-    return tokens.refresh_access(credentials, current_app.config["EVENTFLOW"]), 200
+    return tokens.refresh_access(credentials, current_app.config["EVENTFLOW"])
 
 
 @bp.post("/auth/logout")
+@operation(
+    "End the session: its access and refresh tokens stop working",
+    tag="auth",
+    auth="access_or_refresh",
+    responses={204: None},
+    errors={401: "", 503: ""},
+)
 def logout():
     # Either token of the session may log it out: both stop working.
     credentials = tokens.credentials_from_claims(verified_claims("access", "refresh"))
@@ -49,14 +105,20 @@ def logout():
 
 @bp.post("/auth/password")
 @bearer_required
-def change_password():
-    body = json_body()
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_body", "the body must be a JSON object")
-    unknown = sorted(set(body) - {"current_password", "new_password"})
-    if unknown:
-        raise ApiError(400, "unknown_field", f"unknown field(s): {', '.join(unknown)}")
-    users.change_password(
-        current_credentials().user_id, body.get("current_password"), body.get("new_password")
-    )
+@operation(
+    "Change the password; every token of the user stops working",
+    tag="auth",
+    auth="access",
+    body=PasswordChange,
+    responses={204: None},
+    errors={
+        400: f"{BAD_BODY} unknown_field, invalid_request, invalid_password.",
+        401: "",
+        403: "invalid_credentials: the current password is wrong.",
+        413: "",
+        503: "",
+    },
+)
+def change_password(body: PasswordChange):
+    users.change_password(current_credentials().user_id, body.current_password, body.new_password)
     return "", 204

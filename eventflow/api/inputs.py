@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import functools
-import json
-import math
 import time
 from types import MappingProxyType
 
-import orjson
 from flask import current_app, g, request
 from flask_jwt_extended import decode_token
 from flask_jwt_extended.exceptions import NoAuthorizationError, WrongTokenError
@@ -18,51 +15,12 @@ from .. import tokens
 from ..errors import ApiError
 from ..events import Viewer
 from ..models import Role
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text} is out of range")
-    return value
+from ..schemas.parsing import parse_json
 
 
 def json_body() -> object:
     """The request body parsed as strict JSON (no NaN/Infinity), or a 400 saying why not."""
     return parse_json(request.get_data(cache=True))  # over 1 MiB -> 413 before we get here
-
-
-# Digits to "9", all else to " ": 19 nines in a row may be an integer beyond 64 bits, which
-# orjson would turn into a float. (A regular expression takes twenty times as long.)
-_DIGITS_AS_NINES = bytes(0x39 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
-_LONG_NUMBER = b"9" * 19
-
-
-def parse_json(raw: bytes) -> object:
-    """Bytes parsed as strict JSON (no NaN/Infinity), or a 400 saying why not.
-
-    orjson parses in under half the standard library's time (with its float hook), and refuses
-    NaN, Infinity and numbers out of a double's range as strict JSON asks. What it refuses or
-    might change (a long run of digits) goes to the standard library, which keeps big integers
-    exact and words the 400.
-    """
-    if not raw or raw.isspace():
-        raise ApiError(400, "invalid_json", "the request body must be a JSON object")
-    if _LONG_NUMBER not in raw.translate(_DIGITS_AS_NINES):
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            pass
-    try:
-        return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
-    except UnicodeDecodeError:
-        raise ApiError(400, "invalid_json", "the request body is not UTF-8 text") from None
-    except (ValueError, RecursionError) as exc:
-        raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
 
 
 @functools.lru_cache(maxsize=4096)

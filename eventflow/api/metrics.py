@@ -6,6 +6,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..stats import snapshot
 from ..tasks.queue import get_queue
+from .operation import TEXT, operation
 
 bp = Blueprint("metrics", __name__)
 
@@ -41,6 +42,12 @@ class _SnapshotCollector:
 
 
 @bp.get("/metrics")
+@operation(
+    "Counters, queue depth, DLQ size, latency and workers, in Prometheus' text format",
+    tag="operations",
+    responses={200: TEXT},
+    errors={503: ""},
+)
 def metrics():
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_SnapshotCollector(snapshot(get_queue().stats)))

@@ -21,6 +21,9 @@ from flask_wtf.csrf import CSRFError
 from .. import events, users
 from ..errors import ApiError, retry_after_seconds
 from ..models import Status
+from ..schemas.parsing import parse_event_id, parse_query, validate
+from ..schemas.requests import DlqReplay, EventQuery
+from ..schemas.rules import parse_uuid
 from ..security import limit_failed_logins
 from ..stats import snapshot
 from ..tasks.queue import QUEUE_ERRORS, get_queue
@@ -134,17 +137,27 @@ def _filters(names: tuple[str, ...]) -> dict[str, str]:
 
 def _page_of_events(filters: dict[str, str], **fixed: str) -> tuple[events.Page | None, str | None]:
     """(page, error): a page of events for the filters, or the reason they are not valid."""
-    if filters.get("id") and events.parse_event_id(filters["id"]) is None:
+    event_id = parse_uuid(filters.get("id"))
+    if filters.get("id") and event_id is None:
         return None, "An event id is a full UUID, like 0b5e3c1a-4f0e-4d8e-9a51-2f3c7d9e1b20."
+    args = {
+        "page": request.args.get("page"),
+        "limit": filters.get("limit") or str(DEFAULT_PAGE_SIZE),
+        "status": fixed.get("status", filters.get("status")),
+        "type": filters.get("type"),
+        "user": filters.get("user"),
+    }
     try:
+        # A form's empty field is no filter.
+        query = parse_query(EventQuery, {k: v for k, v in args.items() if v})
         page = events.list_events(
             _viewer(),
-            page=request.args.get("page"),
-            limit=filters.get("limit") or str(DEFAULT_PAGE_SIZE),
-            status=fixed.get("status", filters.get("status")),
-            event_type=filters.get("type") or None,
-            user=filters.get("user") or None,
-            event_id=filters.get("id") or None,
+            limit=query.limit,
+            page=query.page,
+            status=query.status,
+            event_type=query.type,
+            user=query.user,
+            event_id=event_id,
         )
     except ApiError as exc:
         if exc.code == "page_too_deep":
@@ -216,7 +229,7 @@ def list_events() -> ResponseReturnValue:
 
 @bp.get("/events/<event_id>")
 def show_event(event_id: str) -> ResponseReturnValue:
-    event = events.get_event(_viewer(), event_id)
+    event = events.get_event(_viewer(), parse_event_id(event_id))
     context = dict(
         event=event,
         attempts=events.list_attempts(event.id),
@@ -264,7 +277,7 @@ def _outcome(
 @bp.post("/events/<event_id>/replay")
 def replay_event(event_id: str) -> ResponseReturnValue:
     try:
-        replayed = events.replay_event(event_id)
+        replayed = events.replay_event(parse_event_id(event_id))
     except ApiError as exc:
         return _outcome(exc.message, level="error", status=exc.status)
     link = url_for("dashboard.show_event", event_id=replayed)
@@ -275,7 +288,7 @@ def replay_event(event_id: str) -> ResponseReturnValue:
 def replay_dlq() -> ResponseReturnValue:
     event_type = request.form.get("type", "").strip() or None
     try:
-        count = events.replay_dlq(event_type)
+        count = events.replay_dlq(validate(DlqReplay, {"type": event_type}, "body").type)
     except ApiError as exc:
         return _outcome(exc.message, level="error", status=exc.status)
     of_type = f" of type {event_type}" if event_type else ""

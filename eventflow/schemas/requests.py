@@ -1,0 +1,197 @@
+"""What the API accepts: one model per request body, query string, path and header set."""
+
+from __future__ import annotations
+
+import functools
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from .rules import (
+    DEFAULT_LIMIT,
+    Cursor,
+    Email,
+    EventId,
+    EventType,
+    IdempotencyKey,
+    Invalid,
+    Limit,
+    LoginText,
+    NewPassword,
+    PageNumber,
+    Payload,
+    StatusFilter,
+)
+
+NOT_AN_OBJECT = Invalid("invalid_body", "must be a JSON object")
+
+
+class JsonObject(BaseModel):
+    """A JSON object body. Strict: no coercion (a number is not a string). Subclasses that
+    say `extra="forbid"` refuse unknown fields; the others ignore them."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _an_object_of_known_fields(cls, data: Any) -> Any:
+        # Checked before any field, so the body's shape is the first thing a 400 names.
+        if not isinstance(data, dict):
+            raise NOT_AN_OBJECT.error(data)
+        if cls.model_config.get("extra") == "forbid" and not data.keys() <= _wire_names(cls):
+            unknown = sorted(map(str, data.keys() - _wire_names(cls)))
+            # The names go into the message through the context, never as its template.
+            raise PydanticCustomError(
+                "unknown_field",
+                "has unknown field(s): {fields}",
+                {"status": 400, "whole": False, "fields": ", ".join(unknown)},
+            )
+        return data
+
+
+@functools.cache
+def _wire_names(model: type[BaseModel]) -> frozenset[str]:
+    return frozenset(field.alias or name for name, field in model.model_fields.items())
+
+
+# --- accounts ------------------------------------------------------------------------------------
+
+
+class Registration(JsonObject):
+    """A new account: always of role `user` (a `role` field is ignored)."""
+
+    email: Email
+    password: NewPassword
+
+
+class Login(JsonObject):
+    email: LoginText
+    password: LoginText
+
+
+class PasswordChange(JsonObject):
+    model_config = ConfigDict(extra="forbid")
+
+    current_password: LoginText
+    new_password: NewPassword
+
+
+# --- events --------------------------------------------------------------------------------------
+
+
+class NewEvent(JsonObject):
+    """POST /events. At most 1 MiB (413 beyond)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: EventType
+    payload: Payload
+
+
+class BatchEvent(NewEvent):
+    idempotency_key: IdempotencyKey | None = None
+
+
+MAX_BATCH_EVENTS = 1000
+EVENTS_INVALID = Invalid("invalid_events", f"must be a list of 1-{MAX_BATCH_EVENTS:,} events")
+TOO_MANY_EVENTS = Invalid(
+    "too_many_events",
+    f"a batch holds at most {MAX_BATCH_EVENTS:,} events, not {{count}}: split it",
+    whole=True,
+)
+
+
+def _batch_size(events: Any) -> Any:
+    # The size first: a batch too big is refused before any of its events is looked at.
+    if not isinstance(events, list) or not events:
+        raise EVENTS_INVALID.error(events)
+    if len(events) > MAX_BATCH_EVENTS:
+        raise TOO_MANY_EVENTS.error(count=f"{len(events):,}")
+    return events
+
+
+class NewEvents(JsonObject):
+    """POST /events/batch: 1-1,000 events, each checked as POST /events checks one; at most
+    1 MiB in all (1,000 events of up to ~1 KB fit)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events: Annotated[
+        list[BatchEvent],
+        # Field constraints before the validator, or they would not reach the JSON Schema.
+        Field(min_length=1, max_length=MAX_BATCH_EVENTS),
+        BeforeValidator(_batch_size),
+        EVENTS_INVALID,
+    ]
+
+
+class IngestHeaders(BaseModel):
+    idempotency_key: IdempotencyKey | None = Field(None, alias="Idempotency-Key")
+
+
+class DlqReplay(JsonObject):
+    """POST /dlq/replay: every FAILED event, or those of one type. The body may be empty."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: EventType | None = None
+
+
+# --- paths and query strings ---------------------------------------------------------------------
+
+
+class EventPath(BaseModel):
+    event_id: EventId
+
+
+class Query(BaseModel):
+    """A query string: unknown arguments are ignored. An empty value is a value (a bad one,
+    except the cursor's): the dashboard's forms drop their empty fields before parsing."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Paged(Query):
+    page: PageNumber | None = None
+    limit: Limit = DEFAULT_LIMIT
+    cursor: Cursor = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_way_of_paging(cls, data: Any) -> Any:
+        # Before the values themselves: with a cursor, any page is the mistake to report.
+        if isinstance(data, dict) and data.get("cursor") is not None and data.get("page"):
+            raise PydanticCustomError(
+                "page_and_cursor",
+                "use page or cursor, not both: a cursor says where pages go on",
+                {"status": 400, "whole": True},
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _numbered_unless_by_cursor(self) -> _Paged:
+        if "cursor" not in self.model_fields_set and self.page is None:
+            self.page = 1
+        return self
+
+
+UserRef = Annotated[
+    str,
+    Field(max_length=320, pattern=r"^[^\u0000]*$"),
+    Invalid("invalid_user", "must be a user's id or e-mail address"),
+]
+
+
+class EventQuery(_Paged):
+    """GET /events: newest first. page=None after validation means cursor paging."""
+
+    status: StatusFilter | None = None
+    type: EventType | None = None
+    user: UserRef | None = Field(None, description="Admins only: the owner's id or e-mail.")
+
+
+class DlqQuery(_Paged):
+    """GET /dlq: the FAILED events, newest first."""
+
+    type: EventType | None = None

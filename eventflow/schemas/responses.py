@@ -1,0 +1,137 @@
+"""What the API answers: one model per response body, built from the use cases' results."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from ..models import Role, Status
+from .rules import encode_cursor
+
+# Every timestamp goes out in UTC ("…Z"), whatever zone the database connection used.
+UtcDatetime = Annotated[datetime, AfterValidator(lambda moment: moment.astimezone(UTC))]
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class ErrorDetail(Out):
+    code: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="snake_case, stable: for code.")
+    message: str = Field(description="What is wrong, for a person to read.")
+
+
+class ErrorEnvelope(Out):
+    """Every error, 4xx or 5xx, on every API path."""
+
+    error: ErrorDetail
+
+
+# --- accounts ------------------------------------------------------------------------------------
+
+
+class Account(Out):
+    id: uuid.UUID
+    email: str
+    role: Role
+
+
+class AccessToken(Out):
+    access_token: str = Field(description="A JWT (HS256) for `Authorization: Bearer …`.")
+    token_type: Literal["Bearer"]
+    expires_in: int = Field(description="Seconds until the access token expires.")
+
+
+class Tokens(AccessToken):
+    refresh_token: str = Field(description="POST /auth/refresh with it as the Bearer token.")
+
+
+# --- events --------------------------------------------------------------------------------------
+
+
+class Queued(Out):
+    eventId: uuid.UUID  # noqa: N815 - the contract's name
+    status: Literal["queued"]
+
+
+class BatchItem(Out):
+    eventId: uuid.UUID  # noqa: N815 - the contract's name
+    status: Literal["queued", "duplicate"] = Field(
+        description="duplicate: the idempotency_key was used before; eventId is the original's."
+    )
+
+
+class BatchAccepted(Out):
+    items: list[BatchItem] = Field(description="One per event, in request order.")
+    accepted: int
+    duplicates: int
+
+
+class EventView(Out):
+    id: uuid.UUID
+    type: str
+    payload: dict[str, Any]
+    status: Status
+    result: Any = Field(description="The handler's return value (any JSON), or null.")
+    attempts: int
+    last_error: str | None
+    created_at: UtcDatetime
+    processed_at: UtcDatetime | None
+
+
+class NumberedPage(Out):
+    """A page by number, with the total (page × limit at most 10,000)."""
+
+    items: list[EventView]
+    page: int
+    limit: int
+    total: int
+    pages: int
+    next_cursor: str | None = Field(description="Continue by cursor from here; null: no more.")
+
+
+class CursorPage(Out):
+    """A page after a cursor: nothing counted."""
+
+    items: list[EventView]
+    limit: int
+    next_cursor: str | None = Field(description="Pass it back as ?cursor=; null: no more.")
+
+
+EventPage = NumberedPage | CursorPage
+
+
+def event_page(page: Any) -> NumberedPage | CursorPage:
+    """The response for an events.Page: numbered (with the total) or after a cursor."""
+    items = [EventView.model_validate(event) for event in page.items]
+    next_cursor = encode_cursor(page.last) if page.last is not None else None
+    if page.page is None:
+        return CursorPage(items=items, limit=page.limit, next_cursor=next_cursor)
+    return NumberedPage(
+        items=items,
+        page=page.page,
+        limit=page.limit,
+        total=page.total,
+        pages=page.pages,
+        next_cursor=next_cursor,
+    )
+
+
+class Replayed(Out):
+    replayed: int = Field(description="How many FAILED events went back to the queue.")
+
+
+# --- operations ----------------------------------------------------------------------------------
+
+
+class HealthChecks(Out):
+    database: str = Field(description='"ok", or "error: <exception class>"')
+    queue: str = Field(description='"ok", or "error: <exception class>"')
+
+
+class HealthReport(Out):
+    status: Literal["ok", "degraded"]
+    checks: HealthChecks
