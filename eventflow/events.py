@@ -10,7 +10,7 @@ import math
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import ColumnElement, Select, func, select, tuple_
 
 from .errors import ApiError
 from .extensions import db
@@ -125,9 +125,9 @@ def _listing_conditions(
     event_type: str | None,
     user: str | None,
     event_id: uuid.UUID | None,
-) -> list:
+) -> list[ColumnElement[bool]]:
     """A listing's filters, the same by page and by cursor."""
-    conditions = []
+    conditions: list[ColumnElement[bool]] = []
     if not viewer.is_admin:
         conditions.append(Event.user_id == viewer.user_id)
     if status:
@@ -159,7 +159,7 @@ def _page_of(rows: list[Event], limit: int, **numbered: int) -> Page:
     return Page(items=items, limit=limit, last=last, **numbered)
 
 
-def _user_ids_matching(user: str):
+def _user_ids_matching(user: str) -> Select[tuple[uuid.UUID]]:
     """A user filter may be an id or an e-mail address (case-insensitive)."""
     user_id = parse_uuid(user)
     if user_id is not None:
