@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from types import MappingProxyType
+from typing import Any, ParamSpec, TypeVar, overload
 
 from flask import current_app, g, request
 from flask_jwt_extended import decode_token
@@ -17,6 +19,9 @@ from ..events import Viewer
 from ..models import Role
 from ..schemas.parsing import parse_json
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
 
 def json_body() -> object:
     """The request body parsed as strict JSON (no NaN/Infinity), or a 400 saying why not."""
@@ -24,7 +29,7 @@ def json_body() -> object:
 
 
 @functools.lru_cache(maxsize=4096)
-def _verified_claims(token: str, secret: str) -> MappingProxyType:
+def _verified_claims(token: str, secret: str) -> MappingProxyType[str, Any]:
     """Verify a token's signature and algorithm once; clients reuse a token for its lifetime.
 
     flask-jwt-extended decodes a token several times per request and PyJWT checks every base64
@@ -34,7 +39,7 @@ def _verified_claims(token: str, secret: str) -> MappingProxyType:
     return MappingProxyType(decode_token(token, allow_expired=True))
 
 
-def verified_claims(*token_types: str) -> MappingProxyType:
+def verified_claims(*token_types: str) -> MappingProxyType[str, Any]:
     """The claims of the `Authorization: Bearer …` token: signed by us, unexpired, of a wanted type.
 
     Failures raise flask-jwt-extended's own exceptions, so its handlers give the envelope.
@@ -47,13 +52,26 @@ def verified_claims(*token_types: str) -> MappingProxyType:
         raise WrongTokenError(f"Only {' or '.join(token_types)} tokens are allowed")
     if claims.get("exp", 0) <= time.time():
         expired = ExpiredSignatureError("Signature has expired")
-        # flask-jwt-extended's handler for this error reads these, as its decoder sets them.
-        expired.jwt_header, expired.jwt_data = {}, dict(claims)
+        # flask-jwt-extended's handler for this error reads these, as its decoder sets them;
+        # PyJWT's exception class does not declare them, hence the ignore.
+        expired.jwt_header, expired.jwt_data = {}, dict(claims)  # type: ignore[attr-defined]
         raise expired
     return claims
 
 
-def bearer_required(view=None, *, check_session: bool = True):
+@overload
+def bearer_required(view: Callable[P, R]) -> Callable[P, R]: ...
+
+
+@overload
+def bearer_required(
+    *, check_session: bool = True
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+
+def bearer_required(
+    view: Callable[P, R] | None = None, *, check_session: bool = True
+) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
     """Require a valid access token of a live session (401 otherwise).
 
     The session check (user exists, not logged out, password unchanged; the current role) is one
@@ -61,9 +79,9 @@ def bearer_required(view=None, *, check_session: bool = True):
     (ingest does it inside its INSERT): it must use current_credentials(), never current_viewer().
     """
 
-    def decorate(view):
+    def decorate(view: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(view)
-        def wrapper(*args, **kwargs):
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             g.credentials = tokens.credentials_from_claims(verified_claims("access"))
             if check_session:
                 role = tokens.check_session(g.credentials)
@@ -77,20 +95,22 @@ def bearer_required(view=None, *, check_session: bool = True):
 
 def current_credentials() -> tokens.Credentials:
     """The caller's session as the token states it (not yet checked against the database)."""
-    return g.credentials
+    credentials: tokens.Credentials = g.credentials
+    return credentials
 
 
 def current_viewer() -> Viewer:
     """The caller, with the role the database gives them now."""
-    return g.viewer
+    viewer: Viewer = g.viewer
+    return viewer
 
 
-def admin_required(view):
+def admin_required(view: Callable[P, R]) -> Callable[P, R]:
     """Authenticate first, then require the admin role (403 otherwise)."""
 
     @functools.wraps(view)
     @bearer_required
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         if not current_viewer().is_admin:
             raise ApiError(403, "forbidden", "this endpoint is for admins only")
         return view(*args, **kwargs)
