@@ -14,6 +14,7 @@ from typing import Any
 
 from flask import Flask
 from pydantic import BaseModel, TypeAdapter
+from pydantic.json_schema import JsonSchemaMode
 
 from ..schemas.responses import ErrorEnvelope
 from .operation import TEXT, Operation
@@ -50,7 +51,7 @@ SECURITY_SCHEMES = {
         "description": "refresh_token from POST /api/v1/auth/login (7 days).",
     },
 }
-SECURITY = {
+SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "access": [{"accessToken": []}],
     "refresh": [{"refreshToken": []}],
     "access_or_refresh": [{"accessToken": []}, {"refreshToken": []}],
@@ -104,11 +105,11 @@ class _Schemas:
     shared models are one component each."""
 
     def __init__(self) -> None:
-        self._inputs: list[tuple[int, str, TypeAdapter]] = []
+        self._inputs: list[tuple[int, JsonSchemaMode, TypeAdapter[Any]]] = []
         self._refs: list[dict[str, Any]] = []
         self._extra: dict[str, Any] = {}
 
-    def ref(self, kind: Any, mode: str) -> dict[str, Any]:
+    def ref(self, kind: Any, mode: JsonSchemaMode) -> dict[str, Any]:
         """A placeholder for `kind`'s schema, filled in by definitions()."""
         placeholder: dict[str, Any] = {}
         self._inputs.append((len(self._inputs), mode, TypeAdapter(kind)))
@@ -119,7 +120,8 @@ class _Schemas:
         """The JSON Schema of each field of a parameter model, by its name on the wire."""
         schema = model.model_json_schema(ref_template=REF, mode="validation")
         self._extra.update(schema.get("$defs", {}))
-        return schema.get("properties", {})
+        properties: dict[str, Any] = schema.get("properties", {})
+        return properties
 
     def definitions(self) -> dict[str, Any]:
         mapping, definitions = TypeAdapter.json_schemas(self._inputs, ref_template=REF)
@@ -161,7 +163,9 @@ def _operation_object(
     return result
 
 
-def _parameters(model: type[BaseModel] | None, where: str, schemas: _Schemas) -> list[dict]:
+def _parameters(
+    model: type[BaseModel] | None, where: str, schemas: _Schemas
+) -> list[dict[str, Any]]:
     if model is None:
         return []
     properties = schemas.fields(model)

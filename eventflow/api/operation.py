@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Response, request
+from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, TypeAdapter
 
 from ..schemas.parsing import parse_json, parse_query, validate
@@ -55,10 +56,12 @@ class Operation:
     description: str = ""
     links: Mapping[int, Mapping[str, Link]] = field(default_factory=dict)
     response_headers: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
-    adapters: Mapping[int, TypeAdapter] = field(default_factory=dict)
+    adapters: Mapping[int, TypeAdapter[Any]] = field(default_factory=dict)
 
 
-def operation(summary: str, **declared: Any) -> Callable:
+def operation(
+    summary: str, **declared: Any
+) -> Callable[[Callable[..., object]], Callable[..., ResponseReturnValue]]:
     """Declare the route's inputs and answers (see Operation); parse and serialise by them."""
     responses = declared["responses"]
     adapters = {
@@ -68,9 +71,9 @@ def operation(summary: str, **declared: Any) -> Callable:
     }
     spec = Operation(summary=summary, adapters=adapters, **declared)
 
-    def decorate(view: Callable) -> Callable:
+    def decorate(view: Callable[..., object]) -> Callable[..., ResponseReturnValue]:
         @functools.wraps(view)
-        def wrapper(**kwargs: Any) -> Any:
+        def wrapper(**kwargs: Any) -> ResponseReturnValue:
             if spec.path is not None:
                 kwargs = dict(validate(spec.path, kwargs, "path"))
             if spec.query is not None:
@@ -92,7 +95,7 @@ def _json_body(required: bool) -> object:
     return parse_json(raw)
 
 
-def _serialise(spec: Operation, result: Any) -> Any:
+def _serialise(spec: Operation, result: Any) -> ResponseReturnValue:
     """The view's (value, status, headers) with the value dumped by its status's model."""
     if isinstance(result, Response):
         return result
