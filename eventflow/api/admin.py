@@ -1,5 +1,7 @@
 """Admin routes: replay one event, list and replay the dead-letter queue."""
 
+import uuid
+
 from .. import events
 from ..models import Status
 from ..schemas.requests import DlqQuery, DlqReplay, EventPath
@@ -26,7 +28,7 @@ ADMIN_ERRORS = {401: "", 403: "forbidden: for admins only.", 503: ""}
     },
     description="The attempt history is kept.",
 )
-def replay_event(event_id):
+def replay_event(event_id: uuid.UUID) -> tuple[dict[str, object], int]:
     return {"eventId": events.replay_event(event_id), "status": "queued"}, 202
 
 
@@ -44,7 +46,7 @@ def replay_event(event_id):
         "page_too_deep (page × limit over 10,000: use cursor).",
     },
 )
-def list_dlq(query: DlqQuery):
+def list_dlq(query: DlqQuery) -> EventPage:
     page = events.list_events(
         current_viewer(),
         limit=query.limit,
@@ -71,5 +73,5 @@ def list_dlq(query: DlqQuery):
         413: "",
     },
 )
-def replay_dlq(body: DlqReplay):
+def replay_dlq(body: DlqReplay) -> tuple[dict[str, int], int]:
     return {"replayed": events.replay_dlq(body.type)}, 202

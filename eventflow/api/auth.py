@@ -3,6 +3,7 @@
 from flask import current_app
 
 from .. import tokens, users
+from ..models import User
 from ..schemas.requests import Login, PasswordChange, Registration
 from ..schemas.responses import AccessToken, Account, Tokens
 from ..security import limit_failed_logins, limit_registrations
@@ -37,7 +38,7 @@ BAD_BODY = "invalid_json, invalid_body, or a field's rule (the message names it)
         }
     },
 )
-def register(body: Registration):
+def register(body: Registration) -> tuple[User, int]:
     user = users.create_user(body.email, body.password)
     return user, 201
 
@@ -70,7 +71,7 @@ def register(body: Registration):
         }
     },
 )
-def login(body: Login):
+def login(body: Login) -> tokens.TokenReply:
     user = users.authenticate(body.email, body.password)
     return tokens.issue_tokens(user, current_app.config["EVENTFLOW"])
 
@@ -83,7 +84,7 @@ def login(body: Login):
     responses={200: AccessToken},
     errors={401: "", 503: ""},
 )
-def refresh():
+def refresh() -> tokens.TokenReply:
     credentials = tokens.credentials_from_claims(verified_claims("refresh"))
     return tokens.refresh_access(credentials, current_app.config["EVENTFLOW"])
 
@@ -96,7 +97,7 @@ def refresh():
     responses={204: None},
     errors={401: "", 503: ""},
 )
-def logout():
+def logout() -> tuple[str, int]:
     # Either token of the session may log it out: both stop working.
     credentials = tokens.credentials_from_claims(verified_claims("access", "refresh"))
     tokens.revoke_session(credentials, current_app.config["EVENTFLOW"])
@@ -119,6 +120,6 @@ def logout():
         503: "",
     },
 )
-def change_password(body: PasswordChange):
+def change_password(body: PasswordChange) -> tuple[str, int]:
     users.change_password(current_credentials().user_id, body.current_password, body.new_password)
     return "", 204

@@ -3,6 +3,7 @@
 from typing import Any
 
 from flask import Blueprint, current_app, render_template
+from flask.typing import ResponseReturnValue
 
 from . import bp as api_bp
 from .openapi import build_document
@@ -18,13 +19,14 @@ DOCUMENT_KEY = "eventflow.openapi"
     tag="operations",
     responses={200: dict[str, Any]},
 )
-def openapi_document():
+def openapi_document() -> dict[str, Any]:
     # Built on first use: the routes it describes do not change while the app runs.
     if DOCUMENT_KEY not in current_app.extensions:
         current_app.extensions[DOCUMENT_KEY] = build_document(current_app)
-    return current_app.extensions[DOCUMENT_KEY]
+    document: dict[str, Any] = current_app.extensions[DOCUMENT_KEY]
+    return document
 
 
 @bp.get("/api/docs")
-def api_docs():
+def api_docs() -> ResponseReturnValue:
     return render_template("api_docs.html")

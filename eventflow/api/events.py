@@ -1,9 +1,12 @@
 """POST/GET /events, POST /events/batch and GET /events/{id}."""
 
+import uuid
+
 from flask import g, request
 
 from .. import events, ingest
 from ..errors import ApiError
+from ..models import Event
 from ..schemas.requests import EventPath, EventQuery, IngestHeaders, NewEvent, NewEvents
 from ..schemas.responses import BatchAccepted, EventPage, EventView, Queued, event_page
 from ..security import limit_ingest
@@ -45,7 +48,7 @@ INGEST_ERRORS = {
     response_headers={202: {"Location": "The event's URL."}, 200: {"Location": "The event's URL."}},
     links={202: READ_EVENT, 200: READ_EVENT},
 )
-def create_event():
+def create_event() -> tuple[dict[str, object], int, dict[str, str]]:
     key = ingest.check_idempotency_key(request.headers.get("Idempotency-Key"))
     event_type, payload, payload_json = ingest.validate_event(json_body())
     event_id, created = ingest.create_event(
@@ -95,7 +98,7 @@ def _batch_cost() -> int:
         }
     },
 )
-def create_events():
+def create_events() -> tuple[dict[str, object], int]:
     outcome = ingest.create_events(current_credentials(), ingest.validate_batch(_batch_body()))
     items = [
         {"eventId": event_id, "status": "queued" if created else "duplicate"}
@@ -118,7 +121,7 @@ def create_events():
         503: "",
     },
 )
-def get_event(event_id):
+def get_event(event_id: uuid.UUID) -> Event:
     return events.get_event(current_viewer(), event_id)
 
 
@@ -142,7 +145,7 @@ LISTING_ERRORS = {
     description="By page number (with the total), or by cursor (`cursor=` to start, then "
     "`next_cursor` until it is null; stable while events arrive).",
 )
-def list_events(query: EventQuery):
+def list_events(query: EventQuery) -> EventPage:
     page = events.list_events(
         current_viewer(),
         limit=query.limit,

@@ -1,5 +1,7 @@
 """GET /health (and /api/v1/health): real checks of the database and the queue."""
 
+from typing import Any
+
 from flask import Blueprint
 
 from ..health import check_health
@@ -18,6 +20,6 @@ bp = Blueprint("health", __name__)
     responses={200: HealthReport, 503: HealthReport},
     description="503 with status degraded names the failing check.",
 )
-def health():
+def health() -> tuple[dict[str, Any], int]:
     report = check_health()
     return report, 200 if report["status"] == "ok" else 503

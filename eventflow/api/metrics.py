@@ -1,8 +1,12 @@
 """GET /metrics: the live counters in Prometheus' text format, for ops to scrape."""
 
+from collections.abc import Iterator
+from typing import Any
+
 from flask import Blueprint, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 
 from ..stats import snapshot
 from ..tasks.queue import get_queue
@@ -12,10 +16,10 @@ bp = Blueprint("metrics", __name__)
 
 
 class _SnapshotCollector:
-    def __init__(self, data: dict):
+    def __init__(self, data: dict[str, Any]) -> None:
         self.data = data
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         data = self.data
         transitions = CounterMetricFamily(
             "eventflow_events", "Event transitions since the counters began", labels=["transition"]
@@ -48,7 +52,7 @@ class _SnapshotCollector:
     responses={200: TEXT},
     errors={503: ""},
 )
-def metrics():
+def metrics() -> Response:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_SnapshotCollector(snapshot(get_queue().stats)))
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
