@@ -7,7 +7,8 @@ guarded statement on an autocommit connection. Either statement also checks the 
 
 `create_events` (POST /events/batch) commits up to 1,000 events in one transaction with one
 statement that makes the same session check, then queues them with one pipelined call. Single
-events and batch events obey the same rules (`_event_rules`).
+events and batch events obey the same rules: the schemas' (eventflow/schemas/requests.py), plus
+the storage check made on the payload's JSON text (`_storable_json`).
 """
 
 from __future__ import annotations
@@ -31,15 +32,11 @@ from .errors import ApiError
 from .extensions import INGEST_ENGINE_KEY, db, ingest_engine
 from .group_commit import GroupCommitter, Pending
 from .models import Event, RevokedToken, Status, User, utcnow
-from .schemas.rules import MAX_IDEMPOTENCY_KEY, TYPE_PATTERN
+from .schemas.parsing import validate
+from .schemas.requests import MAX_BATCH_EVENTS, IngestHeaders, NewEvent, NewEvents
 from .tasks.queue import get_queue
 from .tokens import Credentials, check_session
 
-EVENT_FIELDS = frozenset({"type", "payload"})
-BATCH_EVENT_FIELDS = EVENT_FIELDS | {"idempotency_key"}
-MAX_BATCH_EVENTS = 1000
-TYPE_RULE = "must be 1-64 characters of A-Z a-z 0-9 _ . -"
-KEY_RULE = f"must be 1-{MAX_IDEMPOTENCY_KEY} printable characters"
 UNSTORABLE_RULE = "contains a NUL (\\u0000) or unpaired surrogate character, which cannot be stored"
 # PostgreSQL stores neither U+0000 nor a lone UTF-16 surrogate (which a JSON escape such as
 # \ud800 produces) in text or jsonb: refuse them up front rather than fail in the INSERT.
@@ -71,48 +68,21 @@ def _unstorable(value: Any) -> bool:
     return False
 
 
-def _valid_key(key: object) -> bool:
-    """The idempotency key's rule: the same for the header and a batch event's field."""
-    return isinstance(key, str) and 0 < len(key) <= MAX_IDEMPOTENCY_KEY and key.isprintable()
-
-
-def _event_rules(body: Any, fields: frozenset[str]) -> tuple[str, dict]:
-    """The rules every event obeys, alone or in a batch: (type, payload), or _Invalid.
-
-    Whether the payload can be stored is the caller's check: a batch makes it faster on the
-    payload's JSON text (`_storable_json`).
-    """
-    if not isinstance(body, dict):
-        raise _Invalid("invalid_body", None, "must be a JSON object")
-    if not body.keys() <= fields:
-        unknown = ", ".join(sorted(set(body) - fields))
-        raise _Invalid("unknown_field", None, f"has unknown field(s): {unknown}")
-    event_type = body.get("type")
-    # fullmatch: the pattern's `$` would also let a trailing newline through.
-    if not isinstance(event_type, str) or not TYPE_PATTERN.fullmatch(event_type):
-        raise _Invalid("invalid_type", "type", TYPE_RULE)
-    payload = body.get("payload")
-    if not isinstance(payload, dict):
-        raise _Invalid("invalid_payload", "payload", "is required and must be a JSON object")
-    return event_type, payload
-
-
-def validate_event(body: Any) -> tuple[str, dict, bytes]:
+def validate_event(body: Any) -> tuple[str, dict[str, Any], bytes]:
     """(type, payload, the payload's JSON text) from a request body, or a 400 naming the field."""
+    event = validate(NewEvent, body, "body")
     try:
-        event_type, payload = _event_rules(body, EVENT_FIELDS)
-        text = _storable_json(payload)  # also the check that it can be stored
+        text = _storable_json(event.payload)  # also the check that it can be stored
     except _Invalid as exc:
-        raise ApiError(400, exc.code, f"{exc.field or 'the body'} {exc.reason}") from None
-    return event_type, payload, text
+        raise ApiError(400, exc.code, f"{exc.field} {exc.reason}") from None
+    return event.type, event.payload, text
 
 
 def check_idempotency_key(key: str | None) -> str | None:
     if key is None:
         return None
-    if not _valid_key(key):
-        raise ApiError(400, "invalid_idempotency_key", f"Idempotency-Key {KEY_RULE}")
-    return key
+    headers = validate(IngestHeaders, {"Idempotency-Key": key}, "header")
+    return headers.idempotency_key
 
 
 _EVENTS = Event.__table__
@@ -283,33 +253,13 @@ def batch_size(body: Any) -> int:
 
 def validate_batch(body: Any) -> list[BatchEvent]:
     """The events of a batch body, checked as single events are; a 400 names the first bad one."""
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_body", "the body must be a JSON object")
-    if not body.keys() <= {"events"}:
-        unknown = ", ".join(sorted(set(body) - {"events"}))
-        raise ApiError(400, "unknown_field", f"the body has unknown field(s): {unknown}")
-    events = body.get("events")
-    if not isinstance(events, list) or not events:
-        raise ApiError(
-            400, "invalid_events", f"events must be a list of 1-{MAX_BATCH_EVENTS:,} events"
-        )
-    if len(events) > MAX_BATCH_EVENTS:
-        raise ApiError(
-            400,
-            "too_many_events",
-            f"a batch holds at most {MAX_BATCH_EVENTS:,} events, not {len(events):,}: split it",
-        )
     batch = []
-    for index, event in enumerate(events):
+    for index, event in enumerate(validate(NewEvents, body, "body").events):
         try:
-            event_type, payload = _event_rules(event, BATCH_EVENT_FIELDS)
-            key = event.get("idempotency_key")
-            if key is not None and not _valid_key(key):
-                raise _Invalid("invalid_idempotency_key", "idempotency_key", KEY_RULE)
-            batch.append(BatchEvent(event_type, payload, key, _storable_json(payload)))
+            text = _storable_json(event.payload)
         except _Invalid as exc:
-            where = f"events[{index}]" + (f".{exc.field}" if exc.field else "")
-            raise ApiError(400, exc.code, f"{where}: {exc.reason}") from None
+            raise ApiError(400, exc.code, f"events[{index}].payload: {exc.reason}") from None
+        batch.append(BatchEvent(event.type, event.payload, event.idempotency_key, text))
     return batch
 
 
