@@ -8,17 +8,25 @@
   `limit_request_line`, oversized headers, a malformed request line) get the JSON error
   envelope instead of gunicorn's HTML page, as every /api/v1 error must (CONTRACT section 5).
 
+`gunicorn.conf.py` also names `eventflow.server.Logger`: gunicorn's own lines (and the app's,
+through the root logger its workers inherit) in the EVENTFLOW_LOG_FORMAT of eventflow/logs.py,
+so a log pipeline reading a production server sees nothing but JSON.
+
 Nothing here runs at import in the app: only gunicorn imports this module.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 
-from gunicorn import util
+from gunicorn import glogging, util
 from gunicorn.http import wsgi
 from gunicorn.workers.ggevent import GeventWorker
+
+from .config import ConfigError, log_format
+from .logs import configure_logging, formatter
 
 _STATUS_LINE = re.compile(rb"^HTTP/1\.[01] (\d{3}) ([^\r\n]*)\r\n")
 
@@ -114,3 +122,20 @@ class Worker(GeventWorker):
 
     def handle_error(self, req, client, addr, exc) -> None:
         super().handle_error(req, _JsonErrorSocket(client), addr, exc)
+
+
+class Logger(glogging.Logger):
+    """gunicorn's logger, writing in EVENTFLOW_LOG_FORMAT; the root logger too, for the app."""
+
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        try:
+            chosen = log_format(os.environ)
+        except ConfigError:
+            # The app refuses to start with this setting and says why (wsgi.py); until then
+            # gunicorn's lines are plain text.
+            chosen = "text"
+        configure_logging(chosen)
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                handler.setFormatter(formatter(chosen))
