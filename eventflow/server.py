@@ -23,19 +23,28 @@ import re
 
 from gunicorn import glogging, util
 from gunicorn.http import wsgi
+from gunicorn.http.errors import (
+    InvalidResponseHeader,
+    InvalidResponseHeaderName,
+    ParseException,
+)
 from gunicorn.workers.ggevent import GeventWorker
 
 from .config import ConfigError, log_format
 from .logs import configure_logging, formatter
+from .request_log import log_request, request_id_from
 
 _STATUS_LINE = re.compile(rb"^HTTP/1\.[01] (\d{3}) ([^\r\n]*)\r\n")
 
 
-def _envelope(raw: bytes) -> bytes:
-    """Rewrite gunicorn's HTML error response as the JSON envelope with the same status."""
+def _envelope(raw: bytes, request_id: str) -> tuple[int | None, bytes]:
+    """gunicorn's HTML error response as the JSON envelope with the same status, and the status.
+
+    Anything that is not a response (no status line) passes through unchanged, status None.
+    """
     match = _STATUS_LINE.match(raw)
     if match is None:
-        return raw
+        return None, raw
     status, reason = int(match.group(1)), match.group(2).decode("latin-1")
     code = re.sub(r"[^a-z0-9]+", "_", reason.lower()).strip("_") or "bad_request"
     message = {
@@ -46,26 +55,34 @@ def _envelope(raw: bytes) -> bytes:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        f"X-Request-ID: {request_id}\r\n\r\n"
     )
-    return head.encode("latin-1") + body
+    return status, head.encode("latin-1") + body
 
 
 class _JsonErrorSocket:
     """The client socket, but what gunicorn writes as an error page goes out as JSON."""
 
-    def __init__(self, sock):
+    def __init__(self, sock, request_id: str):
         self._sock = sock
+        self.request_id = request_id
+        self.status: int | None = None  # the error page's status, once written
 
     def __getattr__(self, name):
         return getattr(self._sock, name)
 
+    def _rewrite(self, data: bytes) -> bytes:
+        status, page = _envelope(bytes(data), self.request_id)
+        self.status = status or self.status
+        return page
+
     def sendall(self, data: bytes, *args):
-        return self._sock.sendall(_envelope(bytes(data)), *args)
+        return self._sock.sendall(self._rewrite(data), *args)
 
     def send(self, data: bytes, *args):
         # gunicorn writes an error page in one call; answer for the whole rewritten page.
-        self._sock.sendall(_envelope(bytes(data)), *args)
+        self._sock.sendall(self._rewrite(data), *args)
         return len(data)
 
 
@@ -121,7 +138,17 @@ class Worker(GeventWorker):
         wsgi.Response = _Response  # what wsgi.create() builds for every request
 
     def handle_error(self, req, client, addr, exc) -> None:
-        super().handle_error(req, _JsonErrorSocket(client), addr, exc)
+        # A request gunicorn refuses before the app sees it gets a request id and a request
+        # line here; errors of the app's own requests were logged by the app (request_log.py).
+        refused = isinstance(exc, ParseException) and not isinstance(
+            exc, (InvalidResponseHeader, InvalidResponseHeaderName)
+        )
+        sock = _JsonErrorSocket(client, request_id_from(None))  # its headers were not read
+        super().handle_error(req, sock, addr, exc)
+        if refused and sock.status is not None:
+            req = req or getattr(exc, "req", None)
+            method, path = getattr(req, "method", None), getattr(req, "path", None)
+            log_request(sock.request_id, method, path, sock.status, None)  # duration unknown
 
 
 class Logger(glogging.Logger):
