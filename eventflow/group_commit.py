@@ -30,18 +30,18 @@ from sqlalchemy import Engine
 # One statement per group; v.* are the rows, joined with their users to check each session.
 INSERT_GROUP = """
 INSERT INTO events (id, user_id, type, payload, status, attempts, replayed_attempts,
-                    idempotency_key, created_at, next_attempt_at)
+                    idempotency_key, created_at, next_attempt_at, request_id)
 SELECT v.id, v.user_id, v.type, v.payload, 'PENDING', 0, 0, v.idempotency_key, v.created_at,
-       v.created_at
+       v.created_at, v.request_id
 FROM (VALUES %s) AS v(id, user_id, type, payload, idempotency_key, created_at, generation,
-                      session_id)
+                      session_id, request_id)
 JOIN users u ON u.id = v.user_id AND u.token_generation = v.generation
 WHERE NOT EXISTS (SELECT 1 FROM revoked_tokens r WHERE r.jti = v.session_id)
 ORDER BY v.user_id, v.idempotency_key  -- one lock order for keys, so groups never deadlock
 ON CONFLICT (user_id, idempotency_key) DO NOTHING
 RETURNING id
 """
-ROW_TEMPLATE = "(%s::uuid, %s::uuid, %s, %s::jsonb, %s, %s::timestamptz, %s::int, %s)"
+ROW_TEMPLATE = "(%s::uuid, %s::uuid, %s, %s::jsonb, %s, %s::timestamptz, %s::int, %s, %s)"
 MAX_GROUP = 500  # rows per statement; more wait for the next one
 
 
@@ -57,6 +57,7 @@ class Pending:
     created_at: datetime
     generation: int
     session_id: str
+    request_id: str | None = None  # the X-Request-ID of the request the row comes from
     inserted: bool = False
     error: BaseException | None = None
     state: str = "waiting"  # -> "lead" (write the next group) -> "done"
@@ -72,6 +73,7 @@ class Pending:
             self.created_at,
             self.generation,
             self.session_id,
+            self.request_id,
         )
 
 

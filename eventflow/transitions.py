@@ -35,6 +35,7 @@ class ClaimedEvent:
     created_at: datetime
     number: int  # this attempt's number over the event's whole life (event_attempts.number)
     attempt: int  # 1-based attempt within the current run (reset by a replay)
+    request_id: str | None = None  # the X-Request-ID of the request that created the event
 
 
 # One statement, so a batch's claim is one round trip whatever its size: the guarded UPDATE
@@ -52,13 +53,13 @@ CLAIM = text(
           AND CASE WHEN status IN ('PENDING', 'RETRYING')
                    THEN next_attempt_at IS NULL OR next_attempt_at <= :now
                    ELSE false END
-        RETURNING id, type, payload, user_id, created_at, attempts, replayed_attempts
+        RETURNING id, type, payload, user_id, created_at, attempts, replayed_attempts, request_id
     ), opened AS (
         INSERT INTO event_attempts (event_id, number, worker, started_at, outcome)
         SELECT id, attempts, :worker, :now, 'running' FROM claimed
     )
     SELECT CAST(id AS text), type, payload, CAST(user_id AS text), created_at, attempts,
-           replayed_attempts
+           replayed_attempts, request_id
     FROM claimed
     """
 )
@@ -114,6 +115,7 @@ def _claim_events_portable(event_ids: list[uuid.UUID], worker_id: str) -> list[C
             Event.created_at,
             Event.attempts,
             Event.replayed_attempts,
+            Event.request_id,
         ),
         execution_options={"synchronize_session": False},
     ).all()
@@ -129,13 +131,15 @@ def _claim_events_portable(event_ids: list[uuid.UUID], worker_id: str) -> list[C
 
 
 def _in_message_order(rows, event_ids: list[uuid.UUID]) -> list[ClaimedEvent]:
-    """Claims from (id, type, payload, user_id, created_at, attempts, replayed_attempts) rows."""
+    """Claims from (id, type, payload, user_id, created_at, attempts, replayed, request_id) rows."""
     order = {event_id: index for index, event_id in enumerate(event_ids)}
     # Positional, as the rows come: per event, attribute access by name cost as much as the
     # rest of building the claim.
     claims = [
-        ClaimedEvent(event_id, type_, payload, user_id, created_at, number, number - replayed)
-        for event_id, type_, payload, user_id, created_at, number, replayed in rows
+        ClaimedEvent(
+            event_id, type_, payload, user_id, created_at, number, number - replayed, request_id
+        )
+        for event_id, type_, payload, user_id, created_at, number, replayed, request_id in rows
     ]
     claims.sort(key=lambda claimed: order[claimed.id])
     return claims
@@ -398,16 +402,19 @@ def release_orphan(
     return new_status.value
 
 
-def find_orphans(cutoff: datetime, limit: int) -> list[tuple[uuid.UUID, int]]:
-    """PROCESSING events whose lock has not been refreshed since the cutoff."""
+def find_orphans(cutoff: datetime, limit: int) -> list[tuple]:
+    """PROCESSING events whose lock has not been refreshed since the cutoff.
+
+    Rows of (id, attempts, replayed_attempts, type, request_id): the last three for the log.
+    """
     rows = db.session.execute(
-        select(Event.id, Event.attempts)
+        select(Event.id, Event.attempts, Event.replayed_attempts, Event.type, Event.request_id)
         .where(Event.status == Status.PROCESSING.value, Event.locked_at < cutoff)
         .order_by(Event.locked_at)
         .limit(limit)
     ).all()
     db.session.rollback()
-    return [(row.id, row.attempts) for row in rows]
+    return [tuple(row) for row in rows]
 
 
 def count_waiting() -> int:

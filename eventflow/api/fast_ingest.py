@@ -24,6 +24,7 @@ from flask import Flask
 
 from .. import ingest, tokens
 from ..group_commit import GroupCommitter, Pending
+from ..logs import current_request_id
 from ..models import utcnow
 from ..request_log import REQUEST_KEY
 from ..security import SECURITY_HEADERS, STRICT_TRANSPORT_SECURITY
@@ -87,6 +88,7 @@ class FastIngest:
             created_at=utcnow(),
             generation=credentials.generation,
             session_id=credentials.session_id,
+            request_id=current_request_id(),
         )
         try:
             self.committer.submit(row)

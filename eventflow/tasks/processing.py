@@ -1,4 +1,12 @@
-"""Run one event: claim it, call its handler, then record success, a retry or the DLQ."""
+"""Run one event: claim it, call its handler, then record success, a retry or the DLQ.
+
+Each attempt ends in one log line (`log_attempt`): `{ts, level, logger, request_id, event_id,
+type, attempt, outcome, duration_ms}`, where the outcome is processed, retry (with `error` and
+`retry_in_ms`), failed (the DLQ, with `error`), claim_lost (recovery took the event back while
+its handler ran: the result is dropped) or orphaned (written by recovery, see recovery.py).
+`duration_ms` is the handler's time; `request_id` is the X-Request-ID of the request that
+created the event, also set while its handler runs, so the handler's own log lines carry it.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +23,15 @@ from typing import Any
 
 from .. import transitions
 from ..config import Settings
+from ..logs import REQUEST_ID, emit
 from .registry import PermanentError, get_handler
 
 logger = logging.getLogger(__name__)
+attempt_logger = logging.getLogger("eventflow.attempt")
+ATTEMPT_TEXT = (
+    "event %(event_id)s %(type)s attempt %(attempt)s %(outcome)s in %(duration_ms)sms "
+    "request_id=%(request_id)s"
+)
 MAX_ERROR_LENGTH = 2000
 # A batch runs for at most about this long before giving the rest back: it bounds how long a
 # claimed event waits for its turn (and how long SIGTERM waits for a batch).
@@ -63,6 +77,43 @@ class InFlight:
 
 
 in_flight = InFlight()
+
+
+def log_attempt(
+    level: int,
+    outcome: str,
+    request_id: str | None,
+    event_id: uuid.UUID,
+    event_type: str,
+    attempt: int,
+    seconds: float | None,
+    **extra: object,
+) -> None:
+    """The one line of an attempt: how it ended, and for which request's event."""
+    fields = {
+        "request_id": request_id,
+        "event_id": str(event_id),
+        "type": event_type,
+        "attempt": attempt,
+        "outcome": outcome,
+        "duration_ms": None if seconds is None else round(seconds * 1000, 2),
+        **extra,
+    }
+    text = ATTEMPT_TEXT + "".join(f" {key}=%({key})s" for key in extra) if extra else ATTEMPT_TEXT
+    emit(attempt_logger, level, text, fields)
+
+
+def _log_claim(level: int, outcome: str, claimed, seconds: float, **extra: object) -> None:
+    log_attempt(
+        level,
+        outcome,
+        claimed.request_id,
+        claimed.id,
+        claimed.type,
+        claimed.attempt,
+        seconds,
+        **extra,
+    )
 
 
 def backoff_delay(attempt: int, base: float, maximum: float) -> float:
@@ -129,7 +180,7 @@ def process_event(event_id: str, queue, settings: Settings) -> None:
 
 def _run_batch(claims: list[transitions.ClaimedEvent], queue, settings: Settings) -> None:
     started = flushed = time.monotonic()
-    done: list[tuple[transitions.ClaimedEvent, str]] = []
+    done: list[tuple[transitions.ClaimedEvent, str, float]] = []  # (claim, result, seconds)
     ran = 0
     for index, claimed in enumerate(claims):
         if index and time.monotonic() - started > BATCH_SECONDS:
@@ -139,9 +190,10 @@ def _run_batch(claims: list[transitions.ClaimedEvent], queue, settings: Settings
                 queue.enqueue(released)
             break
         ran += 1
+        began = time.perf_counter()
         result = _run(claimed, queue, settings)
         if result is not FAILED:
-            done.append((claimed, result))
+            done.append((claimed, result, time.perf_counter() - began))
         # Record successes often enough that a crash can repeat only the last few milliseconds.
         if time.monotonic() - flushed > FLUSH_SECONDS:
             _complete(done, queue)
@@ -153,25 +205,32 @@ def _run_batch(claims: list[transitions.ClaimedEvent], queue, settings: Settings
 def _run(claimed: transitions.ClaimedEvent, queue, settings: Settings) -> Any:
     """Call the handler; return its result as JSON text, or FAILED after a retry or the DLQ."""
     func = get_handler(claimed.type)
+    began = time.perf_counter()
+    context = REQUEST_ID.set(claimed.request_id)
     try:
         return _json_result(func(claimed)) if func is not None else "null"
     except PermanentError as exc:
-        _to_dlq(claimed, queue, exc)
+        _to_dlq(claimed, queue, exc, time.perf_counter() - began)
     except Exception as exc:
+        seconds = time.perf_counter() - began
         if claimed.attempt >= settings.max_attempts:
-            _to_dlq(claimed, queue, exc)
+            _to_dlq(claimed, queue, exc, seconds)
         else:
-            _retry(claimed, queue, settings, exc)
+            _retry(claimed, queue, settings, exc, seconds)
+    finally:
+        REQUEST_ID.reset(context)
     return FAILED
 
 
-def _complete(done: list[tuple[transitions.ClaimedEvent, str]], queue) -> None:
+def _complete(done: list[tuple[transitions.ClaimedEvent, str, float]], queue) -> None:
     if not done:
         return
-    latencies = transitions.complete_events(done)
-    for claimed, _ in done:
-        if claimed.id not in latencies:
-            logger.warning("event %s: claim lost before completion; result dropped", claimed.id)
+    latencies = transitions.complete_events([(claimed, result) for claimed, result, _ in done])
+    for claimed, _, seconds in done:
+        if claimed.id in latencies:
+            _log_claim(logging.INFO, "processed", claimed, seconds)
+        else:
+            _log_claim(logging.WARNING, "claim_lost", claimed, seconds)
     if latencies:
         queue.record_latencies(latencies.values(), processed=len(latencies))
 
@@ -180,17 +239,23 @@ def _traceback(exc: Exception) -> str:
     return "".join(traceback.format_exception(exc))
 
 
-def _retry(claimed, queue, settings: Settings, exc: Exception) -> None:
+def _retry(claimed, queue, settings: Settings, exc: Exception, seconds: float) -> None:
     delay = backoff_delay(claimed.attempt, settings.retry_base_seconds, settings.retry_max_seconds)
-    if transitions.schedule_retry(claimed, _describe(exc), _traceback(exc), delay):
-        logger.info(
-            "event %s attempt %d failed, retry in %.2fs", claimed.id, claimed.attempt, delay
+    error = _describe(exc)
+    if transitions.schedule_retry(claimed, error, _traceback(exc), delay):
+        _log_claim(
+            logging.WARNING, "retry", claimed, seconds, error=error, retry_in_ms=round(delay * 1000)
         )
         queue.enqueue_later(claimed.id, delay)
         queue.record(retried=1)
+    else:
+        _log_claim(logging.WARNING, "claim_lost", claimed, seconds, error=error)
 
 
-def _to_dlq(claimed, queue, exc: Exception) -> None:
-    if transitions.fail_event(claimed, _describe(exc), _traceback(exc)):
-        logger.warning("event %s failed for good: %s", claimed.id, _describe(exc))
+def _to_dlq(claimed, queue, exc: Exception, seconds: float) -> None:
+    error = _describe(exc)
+    if transitions.fail_event(claimed, error, _traceback(exc)):
+        _log_claim(logging.ERROR, "failed", claimed, seconds, error=error)
         queue.record(failed=1)
+    else:
+        _log_claim(logging.WARNING, "claim_lost", claimed, seconds, error=error)
