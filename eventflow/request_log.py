@@ -30,7 +30,8 @@ logger = logging.getLogger("eventflow.request")
 
 REQUEST_KEY = "eventflow.request"  # the request's RequestInfo in the WSGI environ
 TEXT = (
-    "%(method)s %(path)s %(status)s %(duration_ms)sms user_id=%(user_id)s request_id=%(request_id)s"
+    "%(method)s %(path)s %(status)s duration_ms=%(duration_ms)s user_id=%(user_id)s "
+    "request_id=%(request_id)s"
 )
 _SANE_ID = re.compile(r"[!-~]{1,128}")
 

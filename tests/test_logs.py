@@ -339,13 +339,13 @@ def test_text_format_in_development_is_human_readable(serve, start_worker, user)
     event_id = response.json()["eventId"]
     ts = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
     request = re.compile(
-        rf"^{ts} INFO eventflow\.request: POST /api/v1/events 202 [\d.]+ms "
+        rf"^{ts} INFO eventflow\.request: POST /api/v1/events 202 duration_ms=[\d.]+ "
         rf"user_id={user.id} request_id=dev-1$",
         re.MULTILINE,
     )
     attempt = re.compile(
         rf"^{ts} INFO eventflow\.attempt: event {event_id} TEST_OK attempt 1 processed "
-        rf"in [\d.]+ms request_id=dev-1$",
+        rf"duration_ms=[\d.]+ request_id=dev-1$",
         re.MULTILINE,
     )
     wait_for(lambda: request.search(server.proc.output()), message="the request's text line")

@@ -29,7 +29,7 @@ from .registry import PermanentError, get_handler
 logger = logging.getLogger(__name__)
 attempt_logger = logging.getLogger("eventflow.attempt")
 ATTEMPT_TEXT = (
-    "event %(event_id)s %(type)s attempt %(attempt)s %(outcome)s in %(duration_ms)sms "
+    "event %(event_id)s %(type)s attempt %(attempt)s %(outcome)s duration_ms=%(duration_ms)s "
     "request_id=%(request_id)s"
 )
 MAX_ERROR_LENGTH = 2000
