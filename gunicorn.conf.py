@@ -31,8 +31,11 @@ limit_request_field_size = 8190
 # gunicorn would trust X-Forwarded-Proto from 127.0.0.1 on its own; EVENTFLOW_PROXY_HOPS alone
 # decides which proxies the app believes (ProxyFix, eventflow/security.py).
 forwarded_allow_ips = ""
+# The app logs one line per request itself (eventflow/request_log.py), with its request id.
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG")  # "-" for stdout; off by default for speed
 errorlog = "-"
+# gunicorn's lines in the app's format (EVENTFLOW_LOG_FORMAT: json by default in production).
+logger_class = "eventflow.server.Logger"
 # gunicorn 27's control socket defaults to one path per user: several servers on one machine
 # (tests, benchmarks, make run) would take it from each other.
 control_socket_disable = True

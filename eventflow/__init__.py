@@ -85,6 +85,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from .errors import register_error_handlers, register_jwt_errors
     from .extensions import INGEST_ENGINE_KEY, db, migrate
     from .ingest import init_ingest
+    from .request_log import install_request_log
     from .security import init_security
     from .tasks.queue import init_queue
 
@@ -116,6 +117,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     init_ingest(app, settings)
     install_fast_ingest(app)  # in front of Socket.IO's middleware and Flask, behind ProxyFix
     init_security(app, settings)  # after Socket.IO, so ProxyFix sees every request first
+    install_request_log(app)  # outermost: every request gets its X-Request-ID and log line
 
     from .api import bp as api_bp
     from .api.docs import bp as docs_bp

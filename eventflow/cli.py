@@ -87,13 +87,16 @@ def ensure_admin(email: str) -> None:
 @click.option("--processes", is_flag=True, help="Use processes instead of threads.")
 def worker(workers: int, processes: bool) -> None:
     """Run a Huey consumer; SIGTERM or Ctrl-C finish in-flight events, then exit."""
+    from .logs import configure_logging
     from .tasks.queue import processor_of
     from .tasks.worker import run_worker
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     app = current_app._get_current_object()  # type: ignore[attr-defined]  # the proxied app
+    settings = app.config["EVENTFLOW"]
+    configure_logging(settings.log_format)
+    # The consumer's start and stop; Huey's two lines per task stay out (WARNING): they say
+    # less than our line per attempt (tasks/processing.py).
+    logging.getLogger("huey.consumer").setLevel(logging.INFO)
     run_worker(app, processor_of(app), workers, processes)
 
 

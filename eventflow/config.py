@@ -43,6 +43,7 @@ class Settings:
     socket_auth_timeout_seconds: float = 10.0
     session_idle_seconds: float = 1800.0
     session_max_seconds: float = 12 * 3600.0
+    log_format: str = "text"  # json|text: the shape of every log line (eventflow/logs.py)
     instance_path: str = ""
     queue_path: str = field(default="")
 
@@ -123,6 +124,20 @@ def _app_env(env: Mapping[str, str]) -> str:
     return raw
 
 
+LOG_FORMATS = ("json", "text")
+
+
+def log_format(env: Mapping[str, str]) -> str:
+    """EVENTFLOW_LOG_FORMAT: json by default in production, text in development and test."""
+    raw = env.get("EVENTFLOW_LOG_FORMAT", "")
+    value = raw.strip().lower()
+    if not value:
+        return "json" if _app_env(env) == "production" else "text"
+    if value not in LOG_FORMATS:
+        raise ConfigError(f"EVENTFLOW_LOG_FORMAT must be json or text, got {raw!r}")
+    return value
+
+
 def _check_production_secrets(settings: Settings, env: Mapping[str, str]) -> None:
     # Outside explicit development a default secret would let anyone forge an admin token
     # with the key printed in this file.
@@ -166,6 +181,7 @@ ENVIRONMENT_VARIABLES = (
     "EVENTFLOW_SOCKET_AUTH_TIMEOUT_SECONDS",
     "EVENTFLOW_SESSION_IDLE_SECONDS",
     "EVENTFLOW_SESSION_MAX_SECONDS",
+    "EVENTFLOW_LOG_FORMAT",
 )
 
 
@@ -211,6 +227,7 @@ def load_settings(env: Mapping[str, str] | None = None, instance_path: str = "")
         ),
         session_idle_seconds=_number(env, "EVENTFLOW_SESSION_IDLE_SECONDS", 1800.0, minimum=1),
         session_max_seconds=_number(env, "EVENTFLOW_SESSION_MAX_SECONDS", 12 * 3600.0, minimum=1),
+        log_format=log_format(env),
         instance_path=instance_path,
         queue_path=str(Path(instance_path) / "queue.sqlite3"),
     )

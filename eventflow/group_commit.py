@@ -28,14 +28,15 @@ from sqlalchemy import Engine
 
 # One statement per group. Each column travels as one text parameter that PostgreSQL splits
 # (ids, users, types, times, generations and sessions by commas, which they cannot hold;
-# payloads and keys by newlines, which compact JSON and printable keys cannot hold; '' is a
-# missing key): a third of execute_values' client CPU, which quoted every value of every row.
+# payloads, keys and request ids by newlines, which compact JSON and printable keys and ids
+# cannot hold; '' is a missing key or id): a third of execute_values' client CPU, which quoted
+# every value of every row.
 # The rows are joined with their users to check each session.
 INSERT_GROUP = """
 INSERT INTO events (id, user_id, type, payload, status, attempts, replayed_attempts,
-                    idempotency_key, created_at, next_attempt_at)
+                    idempotency_key, created_at, next_attempt_at, request_id)
 SELECT v.id, v.user_id, v.type, v.payload, 'PENDING', 0, 0, v.idempotency_key, v.created_at,
-       v.created_at
+       v.created_at, v.request_id
 FROM unnest(string_to_array(%(ids)s, ',')::uuid[],
             string_to_array(%(users)s, ',')::uuid[],
             string_to_array(%(types)s, ','),
@@ -43,8 +44,10 @@ FROM unnest(string_to_array(%(ids)s, ',')::uuid[],
             string_to_array(%(keys)s, E'\\n', ''),
             string_to_array(%(times)s, ',')::timestamptz[],
             string_to_array(%(generations)s, ',')::int[],
-            string_to_array(%(sessions)s, ',')
-     ) AS v(id, user_id, type, payload, idempotency_key, created_at, generation, session_id)
+            string_to_array(%(sessions)s, ','),
+            string_to_array(%(request_ids)s, E'\\n', '')
+     ) AS v(id, user_id, type, payload, idempotency_key, created_at, generation, session_id,
+            request_id)
 JOIN users u ON u.id = v.user_id AND u.token_generation = v.generation
 WHERE NOT EXISTS (SELECT 1 FROM revoked_tokens r WHERE r.jti = v.session_id)
 ORDER BY v.user_id, v.idempotency_key  -- one lock order for keys, so groups never deadlock
@@ -65,6 +68,7 @@ def group_parameters(group: Sequence[Pending]) -> dict[str, str]:
         "times": ",".join([row.created_at.isoformat() for row in group]),
         "generations": ",".join([str(row.generation) for row in group]),
         "sessions": ",".join([row.session_id for row in group]),
+        "request_ids": "\n".join([row.request_id or "" for row in group]),
     }
 
 
@@ -80,6 +84,7 @@ class Pending:
     created_at: datetime
     generation: int
     session_id: str
+    request_id: str | None = None  # the X-Request-ID of the request the row comes from
     inserted: bool = False
     error: BaseException | None = None
     state: str = "waiting"  # -> "lead" (write the next group) -> "done"

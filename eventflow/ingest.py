@@ -9,6 +9,9 @@ guarded statement on an autocommit connection. Either statement also checks the 
 statement that makes the same session check, then queues them with one pipelined call. Single
 events and batch events obey the same rules: the schemas' (eventflow/schemas/requests.py), plus
 the storage check made on the payload's JSON text (`_storable_json`).
+
+Every event stores the X-Request-ID of the request that created it (`logs.current_request_id`,
+the same for all events of a batch): the worker's log line of each attempt carries it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from .config import Settings
 from .errors import ApiError
 from .extensions import INGEST_ENGINE_KEY, db, ingest_engine
 from .group_commit import GroupCommitter, Pending
+from .logs import current_request_id
 from .models import Event, RevokedToken, Status, User, utcnow
 from .schemas.parsing import validate
 from .schemas.requests import MAX_BATCH_EVENTS, IngestHeaders, NewEvent, NewEvents
@@ -99,6 +103,7 @@ _ROW_COLUMNS = (
     "idempotency_key",
     "created_at",
     "next_attempt_at",
+    "request_id",
 )
 _EVENT_ID_FOR_KEY = select(_EVENTS.c.id).where(
     _EVENTS.c.user_id == bindparam("user_id"),
@@ -167,6 +172,7 @@ def create_event(
             created_at=utcnow(),
             generation=credentials.generation,
             session_id=credentials.session_id,
+            request_id=current_request_id(),
         )
     )
     if row.inserted:  # committed and queued with its group
@@ -208,6 +214,7 @@ def _create_one(
         idempotency_key=idempotency_key,
         created_at=now,
         next_attempt_at=now,
+        request_id=current_request_id(),
         session_user_id=credentials.user_id,
         session_generation=credentials.generation,
         session_id=credentials.session_id,
@@ -305,8 +312,9 @@ def _new_ids(count: int) -> list[str]:
 # entries in one order, so batches sharing keys wait for each other instead of deadlocking.
 _INSERT_BATCH = """
 INSERT INTO events (id, user_id, type, payload, status, attempts, replayed_attempts,
-                    idempotency_key, created_at, next_attempt_at)
-SELECT b.id, %(user_id)s::uuid, b.type, b.payload, %(status)s, 0, 0, b.key, %(now)s, %(now)s
+                    idempotency_key, created_at, next_attempt_at, request_id)
+SELECT b.id, %(user_id)s::uuid, b.type, b.payload, %(status)s, 0, 0, b.key, %(now)s, %(now)s,
+       %(request_id)s
 FROM unnest(string_to_array(%(ids)s, ',')::uuid[],
             string_to_array(%(types)s, ','),
             string_to_array(%(payloads)s, E'\\n')::jsonb[],
@@ -388,6 +396,7 @@ def _insert_postgresql(
         "session_id": credentials.session_id,
         "status": Status.PENDING.value,
         "now": utcnow(),
+        "request_id": current_request_id(),
         "ids": ",".join([ids[i] for i in fresh]),
         "types": ",".join([batch[i].type for i in fresh]),
         "payloads": b"\n".join([batch[i].payload_json for i in fresh]).decode(),
@@ -424,6 +433,7 @@ def _insert_embedded(
             idempotency_key=batch[i].idempotency_key,
             created_at=now,
             next_attempt_at=now,
+            request_id=current_request_id(),
         )
         for i in fresh
     ]

@@ -161,6 +161,8 @@ class Event(Model):
     # When a worker claimed it (refreshed by the worker's heartbeat while it runs).
     locked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     locked_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # The X-Request-ID of the request that created the event, for the worker's log lines.
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class EventAttempt(Model):

@@ -57,6 +57,7 @@ def test_durations_accept_fractions_and_urls_are_normalised():
         ({"EVENTFLOW_PROXY_HOPS": "-1"}, "EVENTFLOW_PROXY_HOPS"),
         ({"EVENTFLOW_SOCKET_AUTH_TIMEOUT_SECONDS": "never"}, "EVENTFLOW_SOCKET_AUTH_TIMEOUT"),
         ({"JWT_REFRESH_TOKEN_EXPIRES_SECONDS": "0"}, "JWT_REFRESH_TOKEN_EXPIRES_SECONDS"),
+        ({"EVENTFLOW_LOG_FORMAT": "yaml"}, "EVENTFLOW_LOG_FORMAT"),
     ],
 )
 def test_bad_values_are_refused_naming_the_setting(env, named):

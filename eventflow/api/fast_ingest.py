@@ -24,7 +24,9 @@ from flask import Flask
 
 from .. import ingest, tokens
 from ..group_commit import GroupCommitter, Pending
+from ..logs import current_request_id
 from ..models import utcnow
+from ..request_log import REQUEST_KEY
 from ..security import SECURITY_HEADERS, STRICT_TRANSPORT_SECURITY
 from .inputs import _verified_claims, parse_json
 
@@ -70,7 +72,7 @@ class FastIngest:
             return None
         try:
             # A token not seen yet needs the app context to verify: the route does that once.
-            claims, credentials = _session_of(token.strip(), self.secret)
+            claims, credentials, user_id = _session_of(token.strip(), self.secret)
             if claims.get("type") != "access" or claims.get("exp", 0) <= time.time():
                 return None
             key = ingest.check_idempotency_key(environ.get("HTTP_IDEMPOTENCY_KEY"))
@@ -86,19 +88,26 @@ class FastIngest:
             created_at=utcnow(),
             generation=credentials.generation,
             session_id=credentials.session_id,
+            request_id=current_request_id(),
         )
         try:
             self.committer.submit(row)
         except Exception:  # the group was not written: the route tries again and answers
             return None
-        return row.id if row.inserted else None
+        if not row.inserted:
+            return None
+        request = environ.get(REQUEST_KEY)
+        if request is not None:  # for the request's log line
+            request.user_id = user_id
+        return row.id
 
 
 @functools.lru_cache(maxsize=4096)
-def _session_of(token: str, secret: str) -> tuple[MappingProxyType, tokens.Credentials]:
-    """A verified token's claims and the session they name, worked out once per token."""
+def _session_of(token: str, secret: str) -> tuple[MappingProxyType, tokens.Credentials, str]:
+    """A verified token's claims, the session they name and its user id, once per token."""
     claims = _verified_claims(token, secret)
-    return claims, tokens.credentials_from_claims(claims)
+    credentials = tokens.credentials_from_claims(claims)
+    return claims, credentials, str(credentials.user_id)
 
 
 def _read_body(environ: dict) -> bytes | None:

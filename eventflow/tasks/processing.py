@@ -1,4 +1,12 @@
-"""Run one event: claim it, call its handler, then record success, a retry or the DLQ."""
+"""Run one event: claim it, call its handler, then record success, a retry or the DLQ.
+
+Each attempt ends in one log line (`log_attempt`): `{ts, level, logger, request_id, event_id,
+type, attempt, outcome, duration_ms}`, where the outcome is processed, retry (with `error` and
+`retry_in_ms`), failed (the DLQ, with `error`), claim_lost (recovery took the event back while
+its handler ran: the result is dropped) or orphaned (written by recovery, see recovery.py).
+`duration_ms` is the handler's time; `request_id` is the X-Request-ID of the request that
+created the event, also set while its handler runs, so the handler's own log lines carry it.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +22,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from ..config import Settings
+from ..logs import REQUEST_ID, emit, emit_lines
 from . import transitions
 from .registry import HandlerRegistry, PermanentError
 from .transitions import ClaimedEvent
@@ -23,6 +32,11 @@ if TYPE_CHECKING:
     from .queue import EventQueue
 
 logger = logging.getLogger(__name__)
+attempt_logger = logging.getLogger("eventflow.attempt")
+ATTEMPT_TEXT = (
+    "event %(event_id)s %(type)s attempt %(attempt)s %(outcome)s duration_ms=%(duration_ms)s "
+    "request_id=%(request_id)s"
+)
 MAX_ERROR_LENGTH = 2000
 # A batch runs for at most about this long before giving the rest back: it bounds how long a
 # claimed event waits for its turn (and how long SIGTERM waits for a batch).
@@ -65,6 +79,61 @@ class InFlight:
     def ids(self) -> list[uuid.UUID]:
         with self._lock:
             return list(self._events)
+
+
+def attempt_line(
+    outcome: str,
+    request_id: str | None,
+    event_id: uuid.UUID,
+    event_type: str,
+    attempt: int,
+    seconds: float | None,
+    **extra: object,
+) -> dict[str, object]:
+    """The fields of an attempt's line: how it ended, and for which request's event."""
+    return {
+        "request_id": request_id,
+        "event_id": str(event_id),
+        "type": event_type,
+        "attempt": attempt,
+        "outcome": outcome,
+        "duration_ms": None if seconds is None else round(seconds * 1000, 2),
+        **extra,
+    }
+
+
+def log_attempt(
+    level: int,
+    outcome: str,
+    request_id: str | None,
+    event_id: uuid.UUID,
+    event_type: str,
+    attempt: int,
+    seconds: float | None,
+    **extra: object,
+) -> None:
+    """Write one attempt's line."""
+    fields = attempt_line(outcome, request_id, event_id, event_type, attempt, seconds, **extra)
+    emit(attempt_logger, level, _attempt_text(extra), fields)
+
+
+def _attempt_text(extra: dict[str, object]) -> str:
+    return ATTEMPT_TEXT + "".join(f" {key}=%({key})s" for key in extra)
+
+
+def _claim_line(
+    outcome: str, claimed: ClaimedEvent, seconds: float, **extra: object
+) -> dict[str, object]:
+    return attempt_line(
+        outcome, claimed.request_id, claimed.id, claimed.type, claimed.attempt, seconds, **extra
+    )
+
+
+def _log_claim(
+    level: int, outcome: str, claimed: ClaimedEvent, seconds: float, **extra: object
+) -> None:
+    fields = _claim_line(outcome, claimed, seconds, **extra)
+    emit(attempt_logger, level, _attempt_text(extra), fields)
 
 
 def backoff_delay(attempt: int, base: float, maximum: float) -> float:
@@ -151,7 +220,7 @@ class Processor:
 
     def _run_batch(self, claims: list[ClaimedEvent]) -> None:
         started = flushed = time.monotonic()
-        done: list[tuple[ClaimedEvent, str]] = []
+        done: list[tuple[ClaimedEvent, str, float]] = []  # (claim, result, seconds)
         ran = 0
         for index, claimed in enumerate(claims):
             if index and time.monotonic() - started > BATCH_SECONDS:
@@ -161,9 +230,10 @@ class Processor:
                     self.queue.enqueue(released)
                 break
             ran += 1
+            began = time.perf_counter()
             result = self._run(claimed)
             if result is not None:
-                done.append((claimed, result))
+                done.append((claimed, result, time.perf_counter() - began))
             # Record successes often enough that a crash can repeat only the last few ms.
             if time.monotonic() - flushed > FLUSH_SECONDS:
                 self._complete(done)
@@ -174,40 +244,64 @@ class Processor:
     def _run(self, claimed: ClaimedEvent) -> str | None:
         """Call the handler; return its result as JSON text, or None after a retry or the DLQ."""
         func = self.handlers.get(claimed.type)
+        began = time.perf_counter()
+        context = REQUEST_ID.set(claimed.request_id)
         try:
             return _json_result(func(claimed)) if func is not None else "null"
         except PermanentError as exc:
-            self._to_dlq(claimed, exc)
+            self._to_dlq(claimed, exc, time.perf_counter() - began)
         except Exception as exc:
+            seconds = time.perf_counter() - began
             if claimed.attempt >= self.settings.max_attempts:
-                self._to_dlq(claimed, exc)
+                self._to_dlq(claimed, exc, seconds)
             else:
-                self._retry(claimed, exc)
+                self._retry(claimed, exc, seconds)
+        finally:
+            REQUEST_ID.reset(context)
         return None
 
-    def _complete(self, done: list[tuple[ClaimedEvent, str]]) -> None:
+    def _complete(self, done: list[tuple[ClaimedEvent, str, float]]) -> None:
         if not done:
             return
-        latencies = self.database.complete_events(done)
-        for claimed, _ in done:
-            if claimed.id not in latencies:
-                logger.warning("event %s: claim lost before completion; result dropped", claimed.id)
+        latencies = self.database.complete_events(
+            [(claimed, result) for claimed, result, _ in done]
+        )
+        processed = []
+        for claimed, _, seconds in done:
+            if claimed.id in latencies:
+                processed.append(_claim_line("processed", claimed, seconds))
+            else:
+                _log_claim(logging.WARNING, "claim_lost", claimed, seconds)
+        # One record for the lot, a line each: a record and a write per event added about half
+        # to a no-op event's worker CPU (bench/process.py), one per batch about a tenth.
+        emit_lines(attempt_logger, logging.INFO, ATTEMPT_TEXT, processed)
         if latencies:
             self.queue.record_latencies(latencies.values(), processed=len(latencies))
 
-    def _retry(self, claimed: ClaimedEvent, exc: Exception) -> None:
+    def _retry(self, claimed: ClaimedEvent, exc: Exception, seconds: float) -> None:
         settings = self.settings
         delay = backoff_delay(
             claimed.attempt, settings.retry_base_seconds, settings.retry_max_seconds
         )
-        if transitions.schedule_retry(claimed, _describe(exc), _traceback(exc), delay):
-            logger.info(
-                "event %s attempt %d failed, retry in %.2fs", claimed.id, claimed.attempt, delay
+        error = _describe(exc)
+        if transitions.schedule_retry(claimed, error, _traceback(exc), delay):
+            _log_claim(
+                logging.WARNING,
+                "retry",
+                claimed,
+                seconds,
+                error=error,
+                retry_in_ms=round(delay * 1000),
             )
             self.queue.enqueue_later(claimed.id, delay)
             self.queue.record(retried=1)
+        else:
+            _log_claim(logging.WARNING, "claim_lost", claimed, seconds, error=error)
 
-    def _to_dlq(self, claimed: ClaimedEvent, exc: Exception) -> None:
-        if transitions.fail_event(claimed, _describe(exc), _traceback(exc)):
-            logger.warning("event %s failed for good: %s", claimed.id, _describe(exc))
+    def _to_dlq(self, claimed: ClaimedEvent, exc: Exception, seconds: float) -> None:
+        error = _describe(exc)
+        if transitions.fail_event(claimed, error, _traceback(exc)):
+            _log_claim(logging.ERROR, "failed", claimed, seconds, error=error)
             self.queue.record(failed=1)
+        else:
+            _log_claim(logging.WARNING, "claim_lost", claimed, seconds, error=error)

@@ -16,6 +16,7 @@ from ..config import Settings
 from ..extensions import db
 from ..models import Status, Worker, utcnow
 from . import transitions
+from .processing import log_attempt
 from .queue import QUEUE_ERRORS, EventQueue
 
 logger = logging.getLogger(__name__)
@@ -34,8 +35,16 @@ class RecoveryReport:
 def recover_orphans(queue: EventQueue, settings: Settings, report: RecoveryReport) -> None:
     """PROCESSING events whose worker stopped refreshing the lock: retry them (or DLQ them)."""
     cutoff = utcnow() - timedelta(seconds=settings.visibility_timeout_seconds)
-    for event_id, number in transitions.find_orphans(cutoff, BATCH):
+    for event_id, number, replayed, event_type, request_id in transitions.find_orphans(
+        cutoff, BATCH
+    ):
         status = transitions.release_orphan(event_id, number, cutoff, settings.max_attempts)
+        if status is not None:  # its attempt ran for an unknown time: no duration
+            level = logging.ERROR if status == Status.FAILED.value else logging.WARNING
+            attempt = number - replayed
+            log_attempt(
+                level, "orphaned", request_id, event_id, event_type, attempt, None, status=status
+            )
         if status == Status.RETRYING.value:
             report.orphans_retried += 1
             queue.enqueue([event_id], retried=1)

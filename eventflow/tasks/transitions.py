@@ -24,7 +24,7 @@ from ..models import Event, EventAttempt, Outcome, Status, utcnow
 WAITING = (Status.PENDING.value, Status.RETRYING.value)
 REPLAY_BATCH = 500
 # A claimed event as a row: (id, type, payload, user_id, created_at, attempts, replayed_attempts).
-ClaimRow = tuple[uuid.UUID, str, dict[str, Any], uuid.UUID, datetime, int, int]
+ClaimRow = tuple[uuid.UUID, str, dict[str, Any], uuid.UUID, datetime, int, int, str | None]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class ClaimedEvent:
     created_at: datetime
     number: int  # this attempt's number over the event's whole life (event_attempts.number)
     attempt: int  # 1-based attempt within the current run (reset by a replay)
+    request_id: str | None = None  # the X-Request-ID of the request that created the event
 
 
 # One statement, so a batch's claim is one round trip whatever its size: the guarded UPDATE
@@ -55,13 +56,13 @@ CLAIM = text(
           AND CASE WHEN status IN ('PENDING', 'RETRYING')
                    THEN next_attempt_at IS NULL OR next_attempt_at <= :now
                    ELSE false END
-        RETURNING id, type, payload, user_id, created_at, attempts, replayed_attempts
+        RETURNING id, type, payload, user_id, created_at, attempts, replayed_attempts, request_id
     ), opened AS (
         INSERT INTO event_attempts (event_id, number, worker, started_at, outcome)
         SELECT id, attempts, :worker, :now, 'running' FROM claimed
     )
     SELECT CAST(id AS text), type, payload, CAST(user_id AS text), created_at, attempts,
-           replayed_attempts
+           replayed_attempts, request_id
     FROM claimed
     """
 )
@@ -86,10 +87,19 @@ def claim_events(event_ids: list[uuid.UUID], worker_id: str) -> list[ClaimedEven
 def _with_uuids(rows: Iterable[Row[Any]], asked: dict[str, uuid.UUID]) -> Iterator[ClaimRow]:
     """The claim's rows with each id the UUID asked for, and each user id parsed once."""
     users: dict[str, uuid.UUID] = {}
-    for event_id, type_, payload, user_id, created_at, attempts, replayed in rows:
+    for event_id, type_, payload, user_id, created_at, attempts, replayed, request_id in rows:
         if user_id not in users:
             users[user_id] = uuid.UUID(user_id)
-        yield (asked[event_id], type_, payload, users[user_id], created_at, attempts, replayed)
+        yield (
+            asked[event_id],
+            type_,
+            payload,
+            users[user_id],
+            created_at,
+            attempts,
+            replayed,
+            request_id,
+        )
 
 
 def claim_events_portable(event_ids: list[uuid.UUID], worker_id: str) -> list[ClaimedEvent]:
@@ -116,6 +126,7 @@ def claim_events_portable(event_ids: list[uuid.UUID], worker_id: str) -> list[Cl
             Event.created_at,
             Event.attempts,
             Event.replayed_attempts,
+            Event.request_id,
         ),
         execution_options={"synchronize_session": False},
     ).all()
@@ -133,13 +144,15 @@ def claim_events_portable(event_ids: list[uuid.UUID], worker_id: str) -> list[Cl
 def _in_message_order(
     rows: Iterable[Sequence[Any]], event_ids: list[uuid.UUID]
 ) -> list[ClaimedEvent]:
-    """Claims from (id, type, payload, user_id, created_at, attempts, replayed_attempts) rows."""
+    """Claims from (id, type, payload, user_id, created_at, attempts, replayed, request_id) rows."""
     order = {event_id: index for index, event_id in enumerate(event_ids)}
     # Positional, as the rows come: per event, attribute access by name cost as much as the
     # rest of building the claim.
     claims = [
-        ClaimedEvent(event_id, type_, payload, user_id, created_at, number, number - replayed)
-        for event_id, type_, payload, user_id, created_at, number, replayed in rows
+        ClaimedEvent(
+            event_id, type_, payload, user_id, created_at, number, number - replayed, request_id
+        )
+        for event_id, type_, payload, user_id, created_at, number, replayed, request_id in rows
     ]
     claims.sort(key=lambda claimed: order[claimed.id])
     return claims
@@ -415,16 +428,19 @@ def release_orphan(
     return new_status.value if released else None
 
 
-def find_orphans(cutoff: datetime, limit: int) -> list[tuple[uuid.UUID, int]]:
-    """PROCESSING events whose lock has not been refreshed since the cutoff."""
+def find_orphans(cutoff: datetime, limit: int) -> list[tuple[uuid.UUID, int, int, str, str | None]]:
+    """PROCESSING events whose lock has not been refreshed since the cutoff.
+
+    Rows of (id, attempts, replayed_attempts, type, request_id): the last three for the log.
+    """
     rows = db.session.execute(
-        select(Event.id, Event.attempts)
+        select(Event.id, Event.attempts, Event.replayed_attempts, Event.type, Event.request_id)
         .where(Event.status == Status.PROCESSING.value, Event.locked_at < cutoff)
         .order_by(Event.locked_at)
         .limit(limit)
     ).all()
     db.session.rollback()
-    return [(row.id, row.attempts) for row in rows]
+    return [(row[0], row[1], row[2], row[3], row[4]) for row in rows]
 
 
 def count_waiting() -> int:
