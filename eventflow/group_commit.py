@@ -153,7 +153,8 @@ class GroupCommitter:
     def _flush(self, group: Sequence[Pending]) -> None:
         connection = self.engine.raw_connection()  # autocommit: committed when it returns
         try:
-            with connection.cursor() as cursor:
+            # psycopg2's cursor is a context manager; SQLAlchemy types it as a bare DBAPI cursor.
+            with connection.cursor() as cursor:  # type: ignore[attr-defined]
                 cursor.execute(INSERT_GROUP, group_parameters(group))
                 returned = cursor.fetchall()
         except (psycopg2.OperationalError, psycopg2.InterfaceError):

@@ -21,13 +21,14 @@ import json
 import os
 import re
 import uuid
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import orjson
 from flask import Flask, current_app
-from sqlalchemy import Connection, bindparam, exists, insert, select
+from sqlalchemy import Connection, Table, bindparam, exists, insert, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.dml import ReturningInsert
 
 from .backend import backend_of
 from .config import Settings
@@ -89,7 +90,8 @@ def check_idempotency_key(key: str | None) -> str | None:
     return headers.idempotency_key
 
 
-_EVENTS = Event.__table__
+# Declarative classes type __table__ as a FromClause; a mapped class's is its Table.
+_EVENTS = cast(Table, Event.__table__)
 _USERS = User.__table__
 _REVOKED = RevokedToken.__table__
 _ROW_COLUMNS = (
@@ -112,7 +114,7 @@ _EVENT_ID_FOR_KEY = select(_EVENTS.c.id).where(
 
 
 @functools.cache
-def _guarded_insert():
+def _guarded_insert() -> ReturningInsert[Any]:
     """The embedded path's INSERT … SELECT <row> WHERE <the session is live> RETURNING id.
 
     Built once. The session check (user exists, token generation current, session not logged
@@ -151,7 +153,7 @@ def init_ingest(app: Flask, settings: Settings) -> None:
 def create_event(
     credentials: Credentials,
     event_type: str,
-    payload: dict,
+    payload: dict[str, Any],
     idempotency_key: str | None = None,
     payload_json: bytes | None = None,
 ) -> tuple[uuid.UUID | str, bool]:
@@ -183,7 +185,7 @@ def create_event(
 def _earlier_event(credentials: Credentials, idempotency_key: str | None) -> uuid.UUID:
     """Why a row was not inserted: a dead session (401), or the key's earlier event."""
     check_session(credentials)
-    existing = None
+    existing: uuid.UUID | None = None
     if idempotency_key is not None:
         with ingest_engine().connect() as conn:
             existing = conn.execute(
@@ -198,12 +200,12 @@ def _earlier_event(credentials: Credentials, idempotency_key: str | None) -> uui
 def _create_one(
     credentials: Credentials,
     event_type: str,
-    payload: dict,
+    payload: dict[str, Any],
     idempotency_key: str | None,
 ) -> tuple[uuid.UUID, bool]:
     """The embedded (SQLite) path: one guarded INSERT, committed when it returns."""
     now = utcnow()
-    row = dict(
+    row: dict[str, Any] = dict(
         id=uuid.uuid4(),
         user_id=credentials.user_id,
         type=event_type,
@@ -237,7 +239,7 @@ class BatchEvent(NamedTuple):
     """One validated event of a batch, with its payload already encoded as JSON text."""
 
     type: str
-    payload: dict
+    payload: dict[str, Any]
     idempotency_key: str | None
     payload_json: bytes
 
@@ -270,7 +272,7 @@ def validate_batch(body: Any) -> list[BatchEvent]:
     return batch
 
 
-def _storable_json(payload: dict) -> bytes:
+def _storable_json(payload: dict[str, Any]) -> bytes:
     """The payload as compact JSON text, or _Invalid if it holds what cannot be stored.
 
     orjson takes a third of json.dumps's time here, or less. It refuses lone surrogates and

@@ -17,8 +17,9 @@ from __future__ import annotations
 import functools
 import io
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
@@ -27,8 +28,12 @@ from ..group_commit import GroupCommitter, Pending
 from ..logs import current_request_id
 from ..models import utcnow
 from ..request_log import REQUEST_KEY
+from ..schemas.parsing import parse_json
 from ..security import SECURITY_HEADERS, STRICT_TRANSPORT_SECURITY
-from .inputs import _verified_claims, parse_json
+from .inputs import _verified_claims
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 PATH = "/api/v1/events"
 MAX_BODY_BYTES = 1024 * 1024
@@ -37,13 +42,13 @@ MAX_BODY_BYTES = 1024 * 1024
 class FastIngest:
     """WSGI middleware: answers ordinary ingests itself and hands everything else to `wsgi_app`."""
 
-    def __init__(self, app: Flask, wsgi_app: Callable, committer: GroupCommitter):
+    def __init__(self, app: Flask, wsgi_app: WSGIApplication, committer: GroupCommitter):
         self.app = app
         self.wsgi_app = wsgi_app
         self.committer = committer
         self.secret = app.config["JWT_SECRET_KEY"]
 
-    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO") != PATH or environ.get("REQUEST_METHOD") != "POST":
             return self.wsgi_app(environ, start_response)
         body = _read_body(environ)
@@ -65,7 +70,7 @@ class FastIngest:
         start_response("202 ACCEPTED", headers)
         return [content]
 
-    def _ingest(self, environ: dict, body: bytes) -> str | None:
+    def _ingest(self, environ: WSGIEnvironment, body: bytes) -> str | None:
         """The new event's id once committed and queued; None for anything out of the ordinary."""
         scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
         if scheme != "Bearer" or not token:
@@ -103,14 +108,16 @@ class FastIngest:
 
 
 @functools.lru_cache(maxsize=4096)
-def _session_of(token: str, secret: str) -> tuple[MappingProxyType, tokens.Credentials, str]:
+def _session_of(
+    token: str, secret: str
+) -> tuple[MappingProxyType[str, Any], tokens.Credentials, str]:
     """A verified token's claims, the session they name and its user id, once per token."""
     claims = _verified_claims(token, secret)
     credentials = tokens.credentials_from_claims(claims)
     return claims, credentials, str(credentials.user_id)
 
 
-def _read_body(environ: dict) -> bytes | None:
+def _read_body(environ: WSGIEnvironment) -> bytes | None:
     """The request body, if it has a length within the limit (else the route decides)."""
     try:
         length = int(environ.get("CONTENT_LENGTH") or "")
