@@ -2,9 +2,10 @@
 
 Every line goes through the standard `logging` module to one handler on stderr. In json each line
 is one object with at least `ts`, `level` and `logger`; a plain log call adds `message` (and
-`exc_info` with the traceback). The request and attempt lines are structured (`emit`): their
-fields become keys, or `key=value` text. `configure_logging` is called by each process's entry
-point (gunicorn's logger, `flask --app wsgi worker`), never at import.
+`exc_info` with the traceback). The request and attempt lines are structured (`emit`,
+`emit_lines`): their fields become keys, or fill in a text template. `configure_logging` is
+called by each process's entry point (gunicorn's logger, `flask --app wsgi worker`), never at
+import.
 
 The request id of the request being served lives in a context variable (one per thread or
 greenlet), set by the request-log middleware (request_log.py): ingest stores it with the events
@@ -52,37 +53,40 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, then the structured fields or the message."""
 
     def format(self, record: logging.LogRecord) -> str:
-        head = {"ts": timestamp(record.created), "level": record.levelname, "logger": record.name}
-        fields = record.__dict__.get("fields")
-        if fields and not record.exc_info:  # a request or attempt line: the hot path
-            return (orjson.dumps(head)[:-1] + b"," + orjson.dumps(fields, default=str)[1:]).decode()
-        line: dict[str, Any] = head
-        if fields is not None:
-            line.update(fields)
-        else:
-            line["message"] = record.getMessage()
-            request_id = REQUEST_ID.get()
-            if request_id is not None:
-                line["request_id"] = request_id
+        head: dict[str, Any] = {
+            "ts": timestamp(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+        }
+        lines = record.__dict__.get("lines")
+        if lines:  # structured lines (emit_lines): the head, then each line's fields
+            start = orjson.dumps(head)[:-1] + b","
+            return b"\n".join([start + orjson.dumps(f, default=str)[1:] for f in lines]).decode()
+        head["message"] = record.getMessage()
+        request_id = REQUEST_ID.get()
+        if request_id is not None:
+            head["request_id"] = request_id
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
-            line["exc_info"] = record.exc_text
+            head["exc_info"] = record.exc_text
         if record.stack_info:
-            line["stack_info"] = self.formatStack(record.stack_info)
-        return orjson.dumps(line, default=str).decode()
+            head["stack_info"] = self.formatStack(record.stack_info)
+        return orjson.dumps(head, default=str).decode()
 
 
 class TextFormatter(logging.Formatter):
     """`<ts> <LEVEL> <logger>: <message>` for people reading a terminal."""
 
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        text = f"{timestamp(record.created)} {record.levelname} {record.name}: {message}"
-        if "fields" not in record.__dict__:
-            request_id = REQUEST_ID.get()
-            if request_id is not None:
-                text += f" request_id={request_id}"
+        head = f"{timestamp(record.created)} {record.levelname} {record.name}: "
+        lines = record.__dict__.get("lines")
+        if lines:  # structured lines (emit_lines): each its template filled in
+            return "\n".join([head + record.msg % fields for fields in lines])
+        text = head + record.getMessage()
+        request_id = REQUEST_ID.get()
+        if request_id is not None:
+            text += f" request_id={request_id}"
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
@@ -142,21 +146,22 @@ def configuration_error_line(exc: Exception, env: Mapping[str, str]) -> str:
 
 
 class _Line(logging.LogRecord):
-    """The record of a structured line, made without LogRecord.__init__'s lookups.
+    """The record of structured lines (emit_lines), made without LogRecord.__init__'s lookups.
 
     It has every attribute a LogRecord has, in its __dict__ where formatters look, so any
-    formatter can print it; the caller's file, line and function and the thread and process
-    names are left empty.
+    formatter can print it (a formatter other than ours prints the first line only); the
+    caller's file, line and function and the thread and process names are left empty.
     """
 
-    def __init__(self, name: str, level: int, template: str, fields: Mapping[str, Any]):
+    def __init__(self, name: str, level: int, template: str, lines: list[Mapping[str, Any]]):
         now = time.time()
         self.__dict__.update(_UNKNOWN)
         self.name = name
         self.levelno = level
         self.levelname = logging.getLevelName(level)
         self.msg = template
-        self.args = self.fields = fields
+        self.args = lines[0]
+        self.lines = lines
         self.created = now
         self.msecs = (now - int(now)) * 1000
         self.relativeCreated = (now - _STARTED) * 1000
@@ -191,11 +196,20 @@ os.register_at_fork(after_in_child=_forked)
 
 
 def emit(logger: logging.Logger, level: int, template: str, fields: Mapping[str, Any]) -> None:
-    """One structured line: `fields` as JSON keys, or `template % fields` as text.
+    """One structured line: `fields` as JSON keys, or `template % fields` as text."""
+    emit_lines(logger, level, template, [fields])
 
-    These lines come once per request and once per attempt, so the record is made lean
-    (`_Line`): `logger.info` would also look up the calling frame, the thread's and the
-    process's names. Levels, handlers and filters apply as to any other record.
+
+def emit_lines(
+    logger: logging.Logger, level: int, template: str, lines: list[Mapping[str, Any]]
+) -> None:
+    """Structured lines of one level and shape: each a line of its own, all in one record.
+
+    These lines come once per request and once per attempt: the record is made lean (`_Line`;
+    `logger.info` would also look up the calling frame and the thread's and process's names),
+    and a worker hands over the lines of a whole batch at once, so they cost one record, one
+    lock and one write instead of one per event. Levels, handlers and filters apply to the
+    record as to any other.
     """
-    if logger.isEnabledFor(level):
-        logger.handle(_Line(logger.name, level, template, fields))
+    if lines and logger.isEnabledFor(level):
+        logger.handle(_Line(logger.name, level, template, lines))

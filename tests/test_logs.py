@@ -7,7 +7,9 @@ the next ones by the fast path (api/fast_ingest.py): both are checked.
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import re
 import signal
 import uuid
@@ -20,6 +22,7 @@ from sqlalchemy import select
 
 from eventflow.config import load_settings
 from eventflow.extensions import db
+from eventflow.logs import JsonFormatter, TextFormatter, emit_lines
 from eventflow.models import Event
 from tests.conftest import bearer, flask_cli, launch_gunicorn, wait_for, wait_until_serving
 from tests.pipeline import statuses, wait_terminal
@@ -351,6 +354,33 @@ def test_text_format_in_development_is_human_readable(serve, start_worker, user)
     wait_for(lambda: request.search(server.proc.output()), message="the request's text line")
     wait_for(lambda: attempt.search(worker.output()), message="the attempt's text line")
     assert re.search(rf"^{ts} INFO gunicorn\.error: Booting worker", server.proc.output(), re.M)
+
+
+def test_lines_handed_over_together_still_come_out_a_line_each():
+    # A worker writes the processed lines of a batch as one record (logs.emit_lines).
+    lines = [{"event_id": f"e-{n}", "outcome": "processed"} for n in range(3)]
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("eventflow.tests.lines")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        handler.setFormatter(JsonFormatter())
+        emit_lines(logger, logging.WARNING, "%(event_id)s %(outcome)s", lines)
+        parsed = [json.loads(line) for line in stream.getvalue().splitlines()]
+        assert [(x["level"], x["event_id"], x["outcome"]) for x in parsed] == [
+            ("WARNING", f"e-{n}", "processed") for n in range(3)
+        ]
+        stream.seek(0)
+        stream.truncate()
+        handler.setFormatter(TextFormatter())
+        emit_lines(logger, logging.WARNING, "%(event_id)s %(outcome)s", lines)
+        text = stream.getvalue().splitlines()
+        assert [line.split(" ", 1)[1] for line in text] == [
+            f"WARNING eventflow.tests.lines: e-{n} processed" for n in range(3)
+        ]
+    finally:
+        logger.removeHandler(handler)
 
 
 def test_the_format_defaults_to_json_in_production_and_text_elsewhere():
