@@ -5,8 +5,8 @@ SQLite + Huey's SQLite queue, with no server to install. `choose_backend(setting
 create_app, picks the two halves that differ, and the rest of EventFlow uses what it got
 without asking which:
 
-* the database, `PostgreSQL` or `SQLite`: engine options, the claim and completion statements
-  (one statement each on PostgreSQL), the counters' upsert, whether ingest group-commits;
+* the database, `PostgreSQL` or `SQLite`: engine options, the claim, completion and failure
+  statements (one statement each on PostgreSQL), the counters' upsert, whether ingest group-commits;
 * the broker, `RedisBroker` or `SqliteBroker`: Huey's storage, where the live counters live,
   how messages go out with their counters, and the state processes share (leases, locks,
   sets): Redis, or this process's memory when there is no Redis (`LocalState`).
@@ -100,6 +100,10 @@ class Database(Protocol):
         self, done: list[tuple[transitions.ClaimedEvent, str]]
     ) -> dict[uuid.UUID, float]: ...
 
+    def finish_attempt(self, end: transitions.AttemptEnd) -> bool:
+        """Record a failed attempt (and its error group) and move its event."""
+        ...
+
 
 class PostgreSQL:
     name = "postgresql"
@@ -129,6 +133,9 @@ class PostgreSQL:
         self, done: list[tuple[transitions.ClaimedEvent, str]]
     ) -> dict[uuid.UUID, float]:
         return transitions.complete_events(done)
+
+    def finish_attempt(self, end: transitions.AttemptEnd) -> bool:
+        return transitions.finish_attempt(end)
 
 
 def _sqlite_pragmas(dbapi_connection: SQLiteConnection, _record: ConnectionPoolEntry) -> None:
@@ -164,6 +171,9 @@ class SQLite:
         self, done: list[tuple[transitions.ClaimedEvent, str]]
     ) -> dict[uuid.UUID, float]:
         return transitions.complete_events_portable(done)
+
+    def finish_attempt(self, end: transitions.AttemptEnd) -> bool:
+        return transitions.finish_attempt_portable(end)
 
 
 # --- state the processes share --------------------------------------------------------------

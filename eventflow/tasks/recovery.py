@@ -38,7 +38,9 @@ def recover_orphans(queue: EventQueue, settings: Settings, report: RecoveryRepor
     for event_id, number, replayed, event_type, request_id in transitions.find_orphans(
         cutoff, BATCH
     ):
-        status = transitions.release_orphan(event_id, number, cutoff, settings.max_attempts)
+        status = transitions.release_orphan(
+            event_id, number, cutoff, settings.max_attempts, queue.database.finish_attempt
+        )
         if status is not None:  # its attempt ran for an unknown time: no duration
             level = logging.ERROR if status == Status.FAILED.value else logging.WARNING
             attempt = number - replayed
