@@ -62,9 +62,7 @@ def three_errors(n: int) -> tuple[str, dict]:
     return "TEST_BAD_PRICE", {"n": n, "sku": uuid.uuid4().hex[:12]}
 
 
-def test_three_distinct_errors_over_300_failures_make_three_groups(
-    client, app, admin_auth, worker
-):
+def test_three_distinct_errors_over_300_failures_make_three_groups(client, app, admin_auth, worker):
     ids = ingest_batch(client, admin_auth, [three_errors(n) for n in range(100)])
     assert set(wait_terminal(app, ids, timeout=60).values()) == {"FAILED"}
     events = events_by_id(app, ids)
@@ -104,7 +102,8 @@ def test_three_distinct_errors_over_300_failures_make_three_groups(
     only = groups(client, admin_auth, "?type=TEST_TIMEOUT")
     assert [g["exception"] for g in only["items"]] == ["TimeoutError"]
     assert groups(client, admin_auth, "?status=resolved")["total"] == 0
-    assert [len(groups(client, admin_auth, f"?limit=2&page={p}")["items"]) for p in (1, 2)] == [2, 1]
+    pages = [groups(client, admin_auth, f"?limit=2&page={n}")["items"] for n in (1, 2)]
+    assert [len(items) for items in pages] == [2, 1]
 
 
 def test_a_resolved_group_reopens_when_its_error_recurs_and_an_ignored_one_stays_ignored(
