@@ -24,12 +24,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import redis
 from flask import Flask, current_app
 from huey import RedisHuey, SqliteHuey
-from sqlalchemy import Engine
+from sqlalchemy import ColumnElement, Engine, and_, func, type_coerce
 from sqlalchemy import event as sa_event
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import JSONB
 
 from .config import Settings
-from .models import StatBucket
+from .models import Event, StatBucket
 from .tasks import transitions
 from .tasks.counters import Counters, DatabaseCounters, RedisCounters
 
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from sqlite3 import Connection as SQLiteConnection
 
     from sqlalchemy.pool import ConnectionPoolEntry
+
+    from .filters import Scalar
 
 BACKEND_KEY = "eventflow.backend"
 QUEUE_NAME = "eventflow"
@@ -104,6 +107,10 @@ class Database(Protocol):
         """Record a failed attempt (and its error group) and move its event."""
         ...
 
+    def payload_equals(self, path: tuple[str, ...], value: Scalar) -> ColumnElement[bool]:
+        """The event's payload has this JSON scalar at this path (eventflow/filters.py)."""
+        ...
+
 
 class PostgreSQL:
     name = "postgresql"
@@ -136,6 +143,14 @@ class PostgreSQL:
 
     def finish_attempt(self, end: transitions.AttemptEnd) -> bool:
         return transitions.finish_attempt(end)
+
+    def payload_equals(self, path: tuple[str, ...], value: Scalar) -> ColumnElement[bool]:
+        # Containment, which the GIN jsonb_path_ops index on payload serves: 1 matches 1.0,
+        # "1" does not match 1.
+        nested: Any = value
+        for key in reversed(path):
+            nested = {key: nested}
+        return Event.payload.contains(type_coerce(nested, JSONB))
 
 
 def _sqlite_pragmas(dbapi_connection: SQLiteConnection, _record: ConnectionPoolEntry) -> None:
@@ -174,6 +189,17 @@ class SQLite:
 
     def finish_attempt(self, end: transitions.AttemptEnd) -> bool:
         return transitions.finish_attempt_portable(end)
+
+    def payload_equals(self, path: tuple[str, ...], value: Scalar) -> ColumnElement[bool]:
+        # SQLite's JSON functions by path, with the JSON type so that "1" does not match 1.
+        json_path = "$" + "".join(f'."{key}"' for key in path)
+        kind = func.json_type(Event.payload, json_path)
+        if value is None or isinstance(value, bool):
+            return kind == {None: "null", True: "true", False: "false"}[value]
+        field = func.json_extract(Event.payload, json_path)
+        if isinstance(value, str):
+            return and_(kind == "text", field == value)
+        return and_(kind.in_(("integer", "real")), field == value)
 
 
 # --- state the processes share --------------------------------------------------------------

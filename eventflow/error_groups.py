@@ -8,7 +8,6 @@ of events in the DLQ stop at FAILED_CAP, so a page costs the same with a million
 from __future__ import annotations
 
 import math
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -110,32 +109,28 @@ def get_group(group_id: int) -> GroupView:
     return _views([_group(group_id)], _first_hour(utcnow()))[0]
 
 
-def set_group_status(actor_id: uuid.UUID | None, group_id: int, status: GroupStatus) -> GroupView:
+def set_group_status(actor: User | None, group_id: int, status: GroupStatus) -> GroupView:
     """Resolve, ignore or reopen a group (audited; actor None: the CLI). A resolved group
     reopens when its error recurs; an ignored one stays ignored."""
     group = _group(group_id)
     db.session.execute(
         update(ErrorGroup).where(ErrorGroup.id == group.id).values(status=status.value)
     )
-    audit.record(_actor(actor_id), "error_group_status", target=str(group.id), note=status.value)
+    audit.record(actor, "error_group_status", target=str(group.id), note=status.value)
     db.session.commit()
     return get_group(group.id)
 
 
-def replay_group(actor_id: uuid.UUID | None, group_id: int) -> int:
+def replay_group(actor: User | None, group_id: int) -> int:
     """Replay exactly the group's DLQ events (audited with their count); how many went."""
     group = _group(group_id)
     total = 0
     for batch in transitions.replay_failed_in_batches(error_group_id=group.id):
         get_queue().enqueue(batch, replayed=len(batch))
         total += len(batch)
-    audit.record(_actor(actor_id), "replay_group", target=str(group.id), count=total)
+    audit.record(actor, "replay_group", target=str(group.id), count=total)
     db.session.commit()
     return total
-
-
-def _actor(actor_id: uuid.UUID | None) -> User | None:
-    return None if actor_id is None else db.session.get(User, actor_id)
 
 
 def _group(group_id: int) -> ErrorGroup:

@@ -240,7 +240,7 @@ def test_non_admins_anonymous_and_forged_clients_are_refused(
     )
 
     as_user = refused(url, live_client, auth={"token": api_token(url, user.email)})
-    assert as_user.refusals == [{"message": "admins only"}]
+    assert as_user.refusals == [{"message": "admins and viewers only"}]
     refused(url, live_client)  # no token, no cookie
     refused(url, live_client, auth={"token": expired})
     refused(url, live_client, auth={"token": forged})

@@ -13,7 +13,7 @@ from ..schemas.responses import (
     error_group_page,
 )
 from . import bp
-from .inputs import admin_required, current_viewer, staff_required
+from .inputs import acting_user, admin_required, staff_required
 from .operation import operation
 
 STAFF_ERRORS = {401: "", 403: "forbidden: for admins and viewers only.", 503: ""}
@@ -75,7 +75,7 @@ def get_error_group(group_id: int) -> ErrorGroupDetail:
 )
 def change_error_group(group_id: int, body: GroupStatusChange) -> ErrorGroupDetail:
     status = GroupStatus(body.status)
-    view = error_groups.set_group_status(current_viewer().user_id, group_id, status)
+    view = error_groups.set_group_status(acting_user(), group_id, status)
     return error_group_detail(view)
 
 
@@ -92,4 +92,4 @@ def change_error_group(group_id: int, body: GroupStatusChange) -> ErrorGroupDeta
     "fresh set of attempts each. Recorded in the audit log with the count.",
 )
 def replay_error_group(group_id: int) -> tuple[dict[str, int], int]:
-    return {"replayed": error_groups.replay_group(current_viewer().user_id, group_id)}, 202
+    return {"replayed": error_groups.replay_group(acting_user(), group_id)}, 202

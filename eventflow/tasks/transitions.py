@@ -513,10 +513,13 @@ def finish_attempt_portable(end: AttemptEnd) -> bool:
     return True
 
 
-def replay_events(event_ids: list[uuid.UUID], *also: ColumnElement[bool]) -> list[uuid.UUID]:
+def replay_events(
+    event_ids: list[uuid.UUID], *also: ColumnElement[bool], commit: bool = True
+) -> list[uuid.UUID]:
     """FAILED -> PENDING with a fresh retry budget; attempt history is kept. Returns those moved.
 
     `also`: conditions the events must still meet when they move (they were chosen by them).
+    `commit=False` leaves the transaction open for the caller to add to (the audit entry).
     """
     if not event_ids:
         return []
@@ -533,7 +536,8 @@ def replay_events(event_ids: list[uuid.UUID], *also: ColumnElement[bool]) -> lis
         )
         .returning(Event.id)
     ).all()
-    db.session.commit()
+    if commit:
+        db.session.commit()
     return list(moved)
 
 

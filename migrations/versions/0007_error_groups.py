@@ -1,7 +1,8 @@
 """error groups: every failed attempt belongs to one, by fingerprint; the history is grouped
 
 Adds `error_groups` with their per-type and per-hour counts, `event_attempts.error_group_id`,
-and the foreign key and indexes of `events.error_group_id` (the column is 0006's). Then groups
+and the foreign key of `events.error_group_id` (the column and its filter index are 0006's)
+with an index of the FAILED events by group. Then groups
 the failed attempts already recorded, a batch at a time, with the rule the workers use
 (eventflow/tasks/fingerprints.py, reading the stored error and traceback), and gives each
 event the group of its latest failure.
@@ -24,7 +25,6 @@ branch_labels = None
 depends_on = None
 
 BATCH = 5000
-GROUPED = "error_group_id IS NOT NULL"
 FAILED = "status = 'FAILED'"
 
 
@@ -83,13 +83,6 @@ def upgrade():
             ondelete="SET NULL",
         )
         batch_op.create_index(
-            "ix_events_error_group_id_created_at",
-            ["error_group_id", "created_at"],
-            unique=False,
-            postgresql_where=sa.text(GROUPED),
-            sqlite_where=sa.text(GROUPED),
-        )
-        batch_op.create_index(
             "ix_events_failed_error_group_id",
             ["error_group_id"],
             unique=False,
@@ -102,7 +95,6 @@ def upgrade():
 def downgrade():
     with op.batch_alter_table("events", schema=None) as batch_op:
         batch_op.drop_index("ix_events_failed_error_group_id")
-        batch_op.drop_index("ix_events_error_group_id_created_at")
         batch_op.drop_constraint("events_error_group_id_fkey", type_="foreignkey")
     op.execute("UPDATE events SET error_group_id = NULL")
     with op.batch_alter_table("event_attempts", schema=None) as batch_op:
