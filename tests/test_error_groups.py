@@ -12,8 +12,9 @@ import pytest
 from sqlalchemy import select
 
 from eventflow.extensions import db
-from eventflow.models import ErrorGroup, Event, Status
+from eventflow.models import AuditEntry, ErrorGroup, Event, Status
 from tests import processes
+from tests.conftest import bearer
 from tests.pipeline import events_by_id, ingest, wait_terminal
 
 MAX_ATTEMPTS = 3
@@ -127,6 +128,10 @@ def test_a_resolved_group_reopens_when_its_error_recurs_and_an_ignored_one_stays
     found = by_exception(groups(client, admin_auth))
     assert (found["ValueError"]["status"], found["ValueError"]["count"]) == ("open", 6)
     assert (found["TimeoutError"]["status"], found["TimeoutError"]["count"]) == ("ignored", 6)
+    assert audit_trail(app) == [
+        ("error_group_status", str(price), None, "resolved"),
+        ("error_group_status", str(timeout), None, "ignored"),
+    ]
 
 
 def test_replaying_a_group_replays_exactly_its_dlq_events(
@@ -170,6 +175,44 @@ def test_replaying_a_group_replays_exactly_its_dlq_events(
 
     again = client.post(f"/api/v1/error-groups/{toggle_group}/replay", headers=admin_auth)
     assert again.get_json() == {"replayed": 0}
+    assert audit_trail(app) == [
+        ("replay_group", str(toggle_group), 3, None),
+        ("replay_group", str(toggle_group), 0, None),
+    ]
+
+
+def audit_trail(app) -> list[tuple]:
+    """(action, target, count, note) of the error-group entries, oldest first; by an admin."""
+    actions = ("error_group_status", "replay_group")
+    with app.app_context():
+        entries = db.session.scalars(
+            select(AuditEntry).where(AuditEntry.action.in_(actions)).order_by(AuditEntry.id)
+        ).all()
+        assert all(e.actor.startswith("user-") and e.actor_id for e in entries)
+        return [(e.action, e.target, e.count, e.note) for e in entries]
+
+
+def test_a_viewer_reads_groups_but_gets_403_on_status_changes_and_replay(client, app, admin_auth):
+    from eventflow import users
+
+    with app.app_context():
+        group = ErrorGroup(fingerprint="v" * 64, exception="E", message="m", frame="")
+        db.session.add(group)
+        users.create_user("viewer@example.com", "correct-horse", role="viewer")
+        db.session.commit()
+        path = f"/api/v1/error-groups/{group.id}"
+    viewer = bearer(client, "viewer@example.com")
+    assert [g["id"] for g in groups(client, viewer)["items"]] == [group.id]
+    assert client.get(path, headers=viewer).status_code == 200
+    refused = [
+        client.patch(path, json={"status": "ignored"}, headers=viewer),
+        client.post(f"{path}/replay", headers=viewer),
+    ]
+    assert [(r.status_code, r.get_json()["error"]["code"]) for r in refused] == [
+        (403, "forbidden")
+    ] * 2
+    assert client.get(path, headers=admin_auth).get_json()["status"] == "open"
+    assert audit_trail(app) == []
 
 
 def test_a_worker_that_died_mid_attempt_puts_the_attempt_in_a_group_of_its_own(client, app):
