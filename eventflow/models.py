@@ -196,10 +196,10 @@ class Event(Model):
     locked_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
     # The X-Request-ID of the request that created the event, for the worker's log lines.
     request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    # The error group of the event's latest failed attempt (None until it fails).
-    error_group_id: Mapped[int | None] = mapped_column(
-        ForeignKey("error_groups.id", ondelete="SET NULL"), nullable=True
-    )
+    # The error group of the event's latest failed attempt (None until it fails). No foreign
+    # key: groups are never deleted, and adding one would rebuild `events` on SQLite, whose
+    # DROP TABLE cascades to every attempt.
+    error_group_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class EventAttempt(Model):

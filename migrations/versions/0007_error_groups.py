@@ -1,11 +1,11 @@
 """error groups: every failed attempt belongs to one, by fingerprint; the history is grouped
 
 Adds `error_groups` with their per-type and per-hour counts, `event_attempts.error_group_id`,
-and the foreign key of `events.error_group_id` (the column and its filter index are 0006's)
-with an index of the FAILED events by group. Then groups
-the failed attempts already recorded, a batch at a time, with the rule the workers use
-(eventflow/tasks/fingerprints.py, reading the stored error and traceback), and gives each
-event the group of its latest failure.
+and an index of the FAILED events by group. (`events.error_group_id` and its filter index are
+0006's. It gets no foreign key: adding one rebuilds `events` on SQLite, and dropping the old
+table there cascades to every attempt.) Then groups the failed attempts already recorded, a
+batch at a time, with the rule the workers use (eventflow/tasks/fingerprints.py, reading the
+stored error and traceback), and gives each event the group of its latest failure.
 
 Revision ID: 0007
 Revises: 0006
@@ -75,13 +75,6 @@ def upgrade():
             ondelete="SET NULL",
         )
     with op.batch_alter_table("events", schema=None) as batch_op:
-        batch_op.create_foreign_key(
-            "events_error_group_id_fkey",
-            "error_groups",
-            ["error_group_id"],
-            ["id"],
-            ondelete="SET NULL",
-        )
         batch_op.create_index(
             "ix_events_failed_error_group_id",
             ["error_group_id"],
@@ -95,7 +88,6 @@ def upgrade():
 def downgrade():
     with op.batch_alter_table("events", schema=None) as batch_op:
         batch_op.drop_index("ix_events_failed_error_group_id")
-        batch_op.drop_constraint("events_error_group_id_fkey", type_="foreignkey")
     op.execute("UPDATE events SET error_group_id = NULL")
     with op.batch_alter_table("event_attempts", schema=None) as batch_op:
         batch_op.drop_constraint("event_attempts_error_group_id_fkey", type_="foreignkey")
