@@ -67,6 +67,11 @@ class GroupPage:
     def pages(self) -> int:
         return math.ceil(self.total / self.limit) if self.total else 0
 
+    @property
+    def deepest_page(self) -> int:
+        """The last page that may be asked for."""
+        return max(1, MAX_PAGE_DEPTH // self.limit)
+
 
 def list_groups(
     *,
