@@ -178,3 +178,39 @@ def test_upgrade_groups_the_failed_attempts_already_recorded(old_database):
         ).all()
         assert sorted(n for _, n in hours) == [1, 2]  # two 3 hours ago, one this hour
     engine.dispose()
+
+
+def test_the_embedded_sqlite_mode_groups_failures_as_postgresql_does(base_env, tmp_path):
+    from eventflow import create_app, error_groups
+    from eventflow.extensions import db
+    from eventflow.models import GroupStatus
+    from eventflow.tasks.queue import processor_of
+
+    env = {k: v for k, v in base_env.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(EVENTFLOW_INSTANCE_PATH=str(tmp_path), EVENTFLOW_MAX_ATTEMPTS="1")
+    flask_cli(env, "db", "upgrade", check=True)
+    app = create_app({**env, "DATABASE_URL": "", "REDIS_URL": "", "TESTING": True})
+    with app.app_context():
+        user = User(email="embedded@example.com", password_hash="x")
+        db.session.add(user)
+        db.session.commit()
+
+        def fail_once(n: int) -> uuid.UUID:
+            event = Event(user_id=user.id, type="TEST_BAD_PRICE", payload={"n": n, "sku": n})
+            db.session.add(event)
+            db.session.commit()
+            processor_of(app).process(str(event.id))  # the worker's own path: claim, run, fail
+            return event.id
+
+        first = fail_once(1)
+        (view,) = error_groups.list_groups().items
+        assert (view.group.exception, view.group.count, view.failed_events) == ("ValueError", 1, 1)
+        assert (view.types, view.hourly[-1]) == (["TEST_BAD_PRICE"], 1)
+        assert db.session.get(Event, first).error_group_id == view.group.id
+        error_groups.set_group_status(None, view.group.id, GroupStatus.RESOLVED)
+
+        fail_once(2)  # the same error again: the group reopens
+        (view,) = error_groups.list_groups().items
+        assert (view.group.status, view.group.count, view.failed_events) == ("open", 2, 2)
+        assert error_groups.replay_group(None, view.group.id) == 2
+        assert error_groups.get_group(view.group.id).failed_events == 0
