@@ -264,3 +264,24 @@ def test_bad_requests_are_4xx_and_change_nothing(client, app, admin_auth, auth):
     for method, url in [("get", "/api/v1/error-groups"), ("post", f"{path}/replay")]:
         assert getattr(client, method)(url, headers=auth).status_code == 403  # a plain user
         assert getattr(client, method)(url).status_code == 401
+
+
+def test_recovery_forgets_hourly_counts_older_than_a_week_and_keeps_the_totals(app):
+    from datetime import timedelta
+
+    from eventflow.models import ErrorGroupHour, utcnow
+    from eventflow.tasks.recovery import forget_old_error_hours
+
+    hour = utcnow().replace(minute=0, second=0, microsecond=0)
+    with app.app_context():
+        group = ErrorGroup(fingerprint="h" * 64, exception="E", message="m", frame="", count=5)
+        db.session.add(group)
+        db.session.flush()
+        for age, count in ((0, 1), (24 * 7 - 1, 2), (24 * 7 + 1, 2)):
+            db.session.add(
+                ErrorGroupHour(group_id=group.id, hour=hour - timedelta(hours=age), count=count)
+            )
+        db.session.commit()
+        forget_old_error_hours()
+        kept = db.session.scalars(select(ErrorGroupHour.count).order_by(ErrorGroupHour.hour)).all()
+        assert (kept, db.session.get(ErrorGroup, group.id).count) == ([2, 1], 5)
