@@ -5,6 +5,9 @@ PROCESSING -> PENDING | RETRYING              (a claim given back before its han
 PROCESSING -> RETRYING -> PROCESSING ...      (a failed attempt with budget left)
 PROCESSING -> FAILED (the DLQ) -> PENDING     (out of attempts or permanent; replay)
 PROCESSING -> RETRYING | FAILED               (recovery: the worker holding it died)
+
+Every failed attempt is counted into its error group (fingerprints.py) by the same statement
+that moves its event (FINISH), and the event keeps the group of its latest failure.
 """
 
 from __future__ import annotations
