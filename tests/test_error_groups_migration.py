@@ -2,6 +2,8 @@
 
 A database at revision 0006 gets events whose attempts failed with real exceptions (their error
 line and traceback stored as the worker stores them), then `flask db upgrade` runs for real.
+Then the worker's own path (the embedded mode's statements on SQLite) fails an event with the
+same error: it joins the group of its past.
 """
 
 from __future__ import annotations
@@ -16,16 +18,20 @@ import psycopg2
 import pytest
 from sqlalchemy import create_engine, insert, select
 
+from eventflow import create_app, error_groups
+from eventflow.extensions import db
 from eventflow.models import (
     ErrorGroup,
     ErrorGroupHour,
     ErrorGroupType,
     Event,
     EventAttempt,
+    GroupStatus,
     User,
     utcnow,
 )
 from eventflow.tasks.fingerprints import LOST, LOST_MESSAGE, fingerprint_exception
+from eventflow.tasks.queue import processor_of
 from tests import handlers
 from tests.processes import flask_cli
 
@@ -48,8 +54,13 @@ def old_database(request, base_env, database_url, tmp_path):
         url = f"{database_url}_history"
         _recreate_postgresql(url)
         return {**base_env, "DATABASE_URL": url}, url
-    env = {k: v for k, v in base_env.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    env["EVENTFLOW_INSTANCE_PATH"] = str(tmp_path)
+    # Empty, not missing: create_app lays these over this process's own environment.
+    env = {
+        **base_env,
+        "DATABASE_URL": "",
+        "REDIS_URL": "",
+        "EVENTFLOW_INSTANCE_PATH": str(tmp_path),
+    }
     return env, f"sqlite:///{tmp_path / 'eventflow.sqlite3'}"
 
 
@@ -179,38 +190,21 @@ def test_upgrade_groups_the_failed_attempts_already_recorded(old_database):
         assert sorted(n for _, n in hours) == [1, 2]  # two 3 hours ago, one this hour
     engine.dispose()
 
-
-def test_the_embedded_sqlite_mode_groups_failures_as_postgresql_does(base_env, tmp_path):
-    from eventflow import create_app, error_groups
-    from eventflow.extensions import db
-    from eventflow.models import GroupStatus
-    from eventflow.tasks.queue import processor_of
-
-    env = {k: v for k, v in base_env.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    env.update(EVENTFLOW_INSTANCE_PATH=str(tmp_path), EVENTFLOW_MAX_ATTEMPTS="1")
-    flask_cli(env, "db", "upgrade", check=True)
-    app = create_app({**env, "DATABASE_URL": "", "REDIS_URL": "", "TESTING": True})
+    # From now on the workers group new failures: the same error joins the group of its past.
+    app = create_app({**env, "EVENTFLOW_MAX_ATTEMPTS": "1", "TESTING": True})
     with app.app_context():
-        user = User(email="embedded@example.com", password_hash="x")
-        db.session.add(user)
+        assert db.engine.dialect.name == url.split(":")[0]
+        error_groups.set_group_status(None, lookup.id, GroupStatus.RESOLVED)
+        event = Event(
+            user_id=user_id, type="TEST_NO_CUSTOMER", payload={"n": 9, "customers": ["New Co"]}
+        )
+        db.session.add(event)
         db.session.commit()
-
-        def fail_once(n: int) -> uuid.UUID:
-            event = Event(user_id=user.id, type="TEST_BAD_PRICE", payload={"n": n, "sku": n})
-            db.session.add(event)
-            db.session.commit()
-            processor_of(app).process(str(event.id))  # the worker's own path: claim, run, fail
-            return event.id
-
-        first = fail_once(1)
-        (view,) = error_groups.list_groups().items
-        assert (view.group.exception, view.group.count, view.failed_events) == ("ValueError", 1, 1)
-        assert (view.types, view.hourly[-1]) == (["TEST_BAD_PRICE"], 1)
-        assert db.session.get(Event, first).error_group_id == view.group.id
-        error_groups.set_group_status(None, view.group.id, GroupStatus.RESOLVED)
-
-        fail_once(2)  # the same error again: the group reopens
-        (view,) = error_groups.list_groups().items
-        assert (view.group.status, view.group.count, view.failed_events) == ("open", 2, 2)
-        assert error_groups.replay_group(None, view.group.id) == 2
-        assert error_groups.get_group(view.group.id).failed_events == 0
+        processor_of(app).process(str(event.id))  # the worker's own path: claim, run, fail
+        view = error_groups.get_group(lookup.id)  # and it reopened
+        assert (view.group.status, view.group.count, view.failed_events) == ("open", 4, 3)
+        assert (view.types, view.hourly[-1]) == (["TEST_NO_CUSTOMER"], 2)
+        assert db.session.get(Event, event.id).error_group_id == lookup.id
+        assert error_groups.replay_group(None, lookup.id) == 3
+        assert error_groups.get_group(lookup.id).failed_events == 0
+        db.session.remove()
