@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MAX_MESSAGE = 500
+# Only this much of a message is read (the worker stores 2,000 characters of its error line):
+# a handler's megabyte-long message costs no more to group than any other.
+MAX_READ = 2000
 # A worker that died mid-attempt left no exception: its attempts form a group of their own.
 LOST_EXCEPTION = "WorkerLost"
 LOST_MESSAGE = "worker lost while processing (no heartbeat within the visibility timeout)"
@@ -71,6 +74,7 @@ LOST = Fingerprint(LOST_EXCEPTION, LOST_MESSAGE, "")
 
 def normalise_message(message: str) -> str:
     """The message without what varies between occurrences: 'order 42' -> 'order <n>'."""
+    message = message[:MAX_READ]
     for pattern, replacement in _NORMALISE:
         message = pattern.sub(replacement, message)
     return message.strip()[:MAX_MESSAGE]
