@@ -110,7 +110,7 @@ def dlq_list(event_type: str | None, limit: str) -> None:
         query = parse_query(DlqQuery, args)
         page = events.list_events(
             # An admin of no account (the nil id): admins' listings filter by no user.
-            events.Viewer(user_id=uuid.UUID(int=0), is_admin=True),
+            events.Viewer(user_id=uuid.UUID(int=0), role="admin"),
             limit=query.limit,
             status=Status.FAILED,
             event_type=query.type,

@@ -14,7 +14,7 @@ from sqlalchemy import ColumnElement, Select, func, select, tuple_
 
 from .errors import ApiError
 from .extensions import db
-from .models import Event, EventAttempt, Status, User
+from .models import Event, EventAttempt, Role, Status, User
 from .schemas.rules import (
     DEFAULT_LIMIT,
     Position,
@@ -31,10 +31,18 @@ MAX_PAGE_DEPTH = 10_000
 
 @dataclass(frozen=True)
 class Viewer:
-    """Who is asking: the authenticated user's id and whether they are an admin."""
+    """STAND-IN for main's Viewer(user_id, role)."""
 
     user_id: uuid.UUID
-    is_admin: bool
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == Role.ADMIN.value
+
+    @property
+    def sees_all(self) -> bool:
+        return self.role in (Role.ADMIN.value, Role.VIEWER.value)
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 class Role(enum.StrEnum):
     USER = "user"
     ADMIN = "admin"
+    VIEWER = "viewer"
 
 
 class Status(enum.StrEnum):
@@ -72,6 +73,7 @@ class Status(enum.StrEnum):
     PROCESSED = "PROCESSED"
     RETRYING = "RETRYING"
     FAILED = "FAILED"
+    DISCARDED = "DISCARDED"
 
 
 # Events that should have a message in the queue: the predicate of recovery's partial index,
@@ -163,6 +165,7 @@ class Event(Model):
     locked_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
     # The X-Request-ID of the request that created the event, for the worker's log lines.
     request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    error_group_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class EventAttempt(Model):
@@ -207,3 +210,18 @@ class StatBucket(Model):
     second: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     metric: Mapped[str] = mapped_column(String(16), primary_key=True)
     count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class AuditLog(Model):
+    """STAND-IN for main's audit_log."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    actor_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    action: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    filter: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

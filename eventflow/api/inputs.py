@@ -16,7 +16,6 @@ from jwt import ExpiredSignatureError
 from .. import tokens
 from ..errors import ApiError
 from ..events import Viewer
-from ..models import Role
 from ..schemas.parsing import parse_json
 
 P = ParamSpec("P")
@@ -85,7 +84,7 @@ def bearer_required(
             g.credentials = tokens.credentials_from_claims(verified_claims("access"))
             if check_session:
                 role = tokens.check_session(g.credentials)
-                g.viewer = Viewer(user_id=g.credentials.user_id, is_admin=role == Role.ADMIN.value)
+                g.viewer = Viewer(user_id=g.credentials.user_id, role=role)
             return view(*args, **kwargs)
 
         return wrapper
@@ -113,6 +112,19 @@ def admin_required(view: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         if not current_viewer().is_admin:
             raise ApiError(403, "forbidden", "this endpoint is for admins only")
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def staff_required(view: Callable[P, R]) -> Callable[P, R]:
+    """STAND-IN for main's staff_required: admins and viewers."""
+
+    @functools.wraps(view)
+    @bearer_required
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        if not current_viewer().sees_all:
+            raise ApiError(403, "forbidden", "this endpoint is for admins and viewers only")
         return view(*args, **kwargs)
 
     return wrapper
