@@ -9,12 +9,14 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import ColumnElement, Select, func, select, tuple_
 
+from . import audit
 from .errors import ApiError
 from .extensions import db
-from .models import Event, EventAttempt, Role, Status, User
+from .models import Event, EventAttempt, PayloadVersion, Role, Status, User
 from .schemas.rules import (
     DEFAULT_LIMIT,
     Position,
@@ -184,6 +186,29 @@ def replay_event(event_id: uuid.UUID) -> uuid.UUID:
         raise ApiError(409, "not_in_dlq", "only FAILED events can be replayed")
     get_queue().enqueue(replayed, replayed=len(replayed))
     return event_id
+
+
+def edit_and_replay(actor: User, event_id: uuid.UUID, payload: dict[str, Any]) -> uuid.UUID:
+    """Replay a FAILED event with a corrected payload; the one it replaces is kept, audited."""
+    if db.session.get(Event, event_id) is None:
+        raise ApiError(404, "event_not_found", f"no event with id {str(event_id)!r}")
+    # Recorded in the transition's transaction: rolled back with it if the event is not FAILED.
+    audit.record(actor, "edit_payload", target=str(event_id))
+    if transitions.replay_with_payload(event_id, payload, actor.id) is None:
+        raise ApiError(409, "not_in_dlq", "only FAILED events can be replayed")
+    get_queue().enqueue([event_id], replayed=1)
+    return event_id
+
+
+def list_payload_versions(event_id: uuid.UUID) -> list[PayloadVersion]:
+    """The payloads edits replaced, oldest first (1: as ingested)."""
+    return list(
+        db.session.scalars(
+            select(PayloadVersion)
+            .where(PayloadVersion.event_id == event_id)
+            .order_by(PayloadVersion.version)
+        )
+    )
 
 
 def replay_dlq(event_type: str | None = None) -> int:

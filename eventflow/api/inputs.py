@@ -16,6 +16,8 @@ from jwt import ExpiredSignatureError
 from .. import tokens
 from ..errors import ApiError
 from ..events import Viewer
+from ..extensions import db
+from ..models import User
 from ..schemas.parsing import parse_json
 
 P = ParamSpec("P")
@@ -128,3 +130,11 @@ def staff_required(view: Callable[P, R]) -> Callable[P, R]:
         return view(*args, **kwargs)
 
     return wrapper
+
+
+def current_actor() -> User:
+    """The caller as a User, for the audit log's `actor`."""
+    user = db.session.get(User, current_viewer().user_id)
+    if user is None:  # deleted since the session check: as for a revoked session
+        raise ApiError(401, "invalid_token", "the token's user no longer exists")
+    return user
