@@ -10,7 +10,6 @@ import math
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 from flask import current_app
 from sqlalchemy import (
@@ -30,7 +29,16 @@ from .errors import ApiError
 from .events import Viewer
 from .extensions import db
 from .filters import EventFilter, conditions
-from .models import BulkAction, BulkActionItem, BulkActionStatus, Event, Status, User, utcnow
+from .models import (
+    BulkAction,
+    BulkActionItem,
+    BulkActionStatus,
+    Event,
+    Role,
+    Status,
+    User,
+    utcnow,
+)
 from .tasks.bulk import send_bulk_action
 
 ACTIONS = ("replay", "discard")
@@ -49,7 +57,7 @@ class BulkActionPage:
         return math.ceil(self.total / self.limit) if self.total else 0
 
 
-def _matching(actor: User, event_filter: EventFilter) -> list[ColumnElement[bool]]:
+def _matching(actor: User | None, event_filter: EventFilter) -> list[ColumnElement[bool]]:
     """The filter's conditions, narrowed to the DLQ: bulk actions touch FAILED events only."""
     if event_filter.status not in (None, Status.FAILED, Status.FAILED.value):
         raise ApiError(
@@ -57,11 +65,12 @@ def _matching(actor: User, event_filter: EventFilter) -> list[ColumnElement[bool
             "invalid_status",
             "filter.status: bulk actions touch FAILED events only (leave status out, or FAILED)",
         )
-    viewer = Viewer(user_id=actor.id, role=actor.role)
+    # The command line acts as an admin of no account (the nil id), as it lists events.
+    viewer = Viewer(actor.id, actor.role) if actor else Viewer(uuid.UUID(int=0), Role.ADMIN.value)
     return [*conditions(event_filter, viewer), Event.status == Status.FAILED.value]
 
 
-def count_matching(actor: User, event_filter: EventFilter) -> int:
+def count_matching(actor: User | None, event_filter: EventFilter) -> int:
     """The dry run: how many events a bulk action with this filter would touch now."""
     count = db.session.scalar(
         select(func.count()).select_from(Event).where(*_matching(actor, event_filter))
@@ -71,10 +80,9 @@ def count_matching(actor: User, event_filter: EventFilter) -> int:
 
 
 def create_bulk_action(
-    actor: User,
+    actor: User | None,
     action: str,
     event_filter: EventFilter,
-    described: dict[str, Any],
     note: str | None = None,
 ) -> BulkAction:
     """Fix the set of matching FAILED events, audit it, and hand it to the workers.
@@ -91,6 +99,7 @@ def create_bulk_action(
     matching = _matching(actor, event_filter)
     now = utcnow()
     settings = current_app.config["EVENTFLOW"]
+    described = event_filter.as_dict()
     bulk = BulkAction(
         id=uuid.uuid4(),
         action=action,
@@ -99,7 +108,7 @@ def create_bulk_action(
         matched=0,
         done=0,
         status=BulkActionStatus.RUNNING.value,
-        created_by=actor.id,
+        created_by=actor.id if actor else None,
         created_at=now,
         # Sent now: recovery re-sends it if no worker has taken it by then.
         lease_expires_at=now + timedelta(seconds=settings.visibility_timeout_seconds),
@@ -149,7 +158,7 @@ def list_bulk_actions(page: int = 1, limit: int = 20) -> BulkActionPage:
     return BulkActionPage(items=list(items), page=page, limit=limit, total=total)
 
 
-def cancel_bulk_action(actor: User, action_id: uuid.UUID) -> BulkAction:
+def cancel_bulk_action(actor: User | None, action_id: uuid.UUID) -> BulkAction:
     """Stop a running action between batches: the events it has not reached stay FAILED.
 
     The guarded UPDATE waits for a batch in progress (which holds the action's row), so `done`

@@ -32,7 +32,7 @@ from tests.processes import (
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eventflow_test"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
 TABLES = (
-    "event_attempts, events, revoked_tokens, users, workers, stat_buckets, audit_log, "
+    "audit_log, event_attempts, events, revoked_tokens, users, workers, stat_buckets, "
     "bulk_action_items, bulk_actions, payload_versions"
 )
 # Fast pipeline settings so retry and recovery tests finish in seconds.
@@ -126,13 +126,21 @@ def runner(app):
 
 @pytest.fixture
 def make_user(app):
-    """Factory: make_user(email=None, password=..., admin=False) -> (id, email, role)."""
+    """Factory: make_user(email=None, password=..., admin=False, role=None) -> (id, email, role)."""
     from eventflow import users
 
-    def make(email: str | None = None, password: str = "correct-horse", admin: bool = False):
+    def make(
+        email: str | None = None,
+        password: str = "correct-horse",
+        admin: bool = False,
+        role: str | None = None,
+    ):
         with app.app_context():
             user = users.create_user(
-                email or f"user-{uuid.uuid4().hex[:8]}@example.com", password, admin=admin
+                email or f"user-{uuid.uuid4().hex[:8]}@example.com",
+                password,
+                admin=admin,
+                role=role,
             )
             return SimpleNamespace(id=user.id, email=user.email, role=user.role)
 

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from eventflow.extensions import db
-from eventflow.models import AuditLog, BulkActionItem, Event
+from eventflow.models import AuditEntry, BulkActionItem, Event
 from tests import processes
 from tests.conftest import bearer
 from tests.processes import wait_for
@@ -58,9 +58,9 @@ def counts(app, **where: str) -> dict[str, int]:
         return {status: n for status, n in rows}
 
 
-def audit_rows(app, action: str) -> list[AuditLog]:
+def audit_rows(app, action: str) -> list[AuditEntry]:
     with app.app_context():
-        rows = list(db.session.scalars(select(AuditLog).where(AuditLog.action == action)))
+        rows = list(db.session.scalars(select(AuditEntry).where(AuditEntry.action == action)))
         db.session.expunge_all()
         return rows
 

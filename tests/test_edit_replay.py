@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select, text
 
 from eventflow.extensions import db
-from eventflow.models import AuditLog
+from eventflow.models import AuditEntry
 from tests import processes
 from tests.conftest import bearer
 from tests.pipeline import ingest, statuses, wait_terminal
@@ -51,7 +51,7 @@ def seen_payloads(path) -> list[dict]:
 
 def audit_rows(app, action: str) -> list[tuple]:
     with app.app_context():
-        rows = db.session.scalars(select(AuditLog).where(AuditLog.action == action))
+        rows = db.session.scalars(select(AuditEntry).where(AuditEntry.action == action))
         return [(row.actor_id, row.target) for row in rows]
 
 

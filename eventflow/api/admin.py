@@ -5,14 +5,16 @@ import uuid
 from flask import request
 
 from .. import events, ingest
+from ..filters import EventFilter
 from ..models import Status
 from ..schemas.requests import DlqQuery, DlqReplay, EditedPayload, EventPath
 from ..schemas.responses import EventPage, Queued, Replayed, event_page
 from . import bp
-from .inputs import admin_required, current_actor, current_viewer, json_body
+from .inputs import acting_user, admin_required, current_viewer, json_body, staff_required
 from .operation import operation
 
 ADMIN_ERRORS = {401: "", 403: "forbidden: for admins only.", 503: ""}
+STAFF_ERRORS = {401: "", 403: "forbidden: for admins and viewers only.", 503: ""}
 
 
 @bp.post("/events/<event_id:event_id>/replay")
@@ -40,14 +42,14 @@ ADMIN_ERRORS = {401: "", 403: "forbidden: for admins only.", 503: ""}
 def replay_event(event_id: uuid.UUID) -> tuple[dict[str, object], int]:
     payload = ingest.validate_edited_payload(json_body() if request.get_data().strip() else {})
     if payload is None:
-        replayed = events.replay_event(event_id)
+        replayed = events.replay_event(event_id, acting_user())
     else:
-        replayed = events.edit_and_replay(current_actor(), event_id, payload)
+        replayed = events.edit_and_replay(event_id, payload, acting_user())
     return {"eventId": replayed, "status": "queued"}, 202
 
 
 @bp.get("/dlq")
-@admin_required
+@staff_required
 @operation(
     "The dead-letter queue: FAILED events, newest first",
     tag="dlq",
@@ -63,11 +65,10 @@ def replay_event(event_id: uuid.UUID) -> tuple[dict[str, object], int]:
 def list_dlq(query: DlqQuery) -> EventPage:
     page = events.list_events(
         current_viewer(),
+        EventFilter(status=Status.FAILED, type=query.type),
         limit=query.limit,
         page=query.page,
         after=query.cursor,
-        status=Status.FAILED,
-        event_type=query.type,
     )
     return event_page(page)
 
@@ -88,4 +89,4 @@ def list_dlq(query: DlqQuery) -> EventPage:
     },
 )
 def replay_dlq(body: DlqReplay) -> tuple[dict[str, int], int]:
-    return {"replayed": events.replay_dlq(body.type)}, 202
+    return {"replayed": events.replay_dlq(acting_user(), body.type)}, 202

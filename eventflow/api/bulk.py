@@ -8,7 +8,7 @@ from ..schemas.requests import BulkActionPath, BulkActionQuery, BulkActionReques
 from ..schemas.responses import BulkActionList, BulkActionStarted, BulkActionView, BulkMatched
 from . import bp
 from .admin import ADMIN_ERRORS
-from .inputs import admin_required, current_actor, staff_required
+from .inputs import acting_user, admin_required, staff_required
 from .operation import Link, operation
 
 STAFF_ERRORS = {**ADMIN_ERRORS, 403: "forbidden: for admins and viewers only."}
@@ -42,10 +42,8 @@ READ_ACTION = {
 def create_bulk_action(body: BulkActionRequest) -> tuple[dict[str, object], int]:
     event_filter = body.filter.event_filter()
     if body.dry_run:
-        return {"matched": bulk_actions.count_matching(current_actor(), event_filter)}, 200
-    bulk = bulk_actions.create_bulk_action(
-        current_actor(), body.action, event_filter, body.filter.described(), body.note
-    )
+        return {"matched": bulk_actions.count_matching(acting_user(), event_filter)}, 200
+    bulk = bulk_actions.create_bulk_action(acting_user(), body.action, event_filter, body.note)
     return {"id": bulk.id, "matched": bulk.matched, "status": bulk.status}, 202
 
 
@@ -93,4 +91,4 @@ def get_bulk_action(action_id: uuid.UUID) -> BulkAction:
     description="It stops between batches; `done` is final in the answer.",
 )
 def cancel_bulk_action(action_id: uuid.UUID) -> BulkAction:
-    return bulk_actions.cancel_bulk_action(current_actor(), action_id)
+    return bulk_actions.cancel_bulk_action(acting_user(), action_id)

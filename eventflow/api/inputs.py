@@ -13,10 +13,9 @@ from flask_jwt_extended import decode_token
 from flask_jwt_extended.exceptions import NoAuthorizationError, WrongTokenError
 from jwt import ExpiredSignatureError
 
-from .. import tokens
+from .. import audit, tokens
 from ..errors import ApiError
 from ..events import Viewer
-from ..extensions import db
 from ..models import User
 from ..schemas.parsing import parse_json
 
@@ -107,20 +106,20 @@ def current_viewer() -> Viewer:
 
 
 def admin_required(view: Callable[P, R]) -> Callable[P, R]:
-    """Authenticate first, then require the admin role (403 otherwise)."""
+    """Authenticate first, then require the admin role (403 otherwise): every action."""
 
     @functools.wraps(view)
     @bearer_required
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         if not current_viewer().is_admin:
-            raise ApiError(403, "forbidden", "this endpoint is for admins only")
+            raise ApiError(403, "forbidden", "this action is for admins only")
         return view(*args, **kwargs)
 
     return wrapper
 
 
 def staff_required(view: Callable[P, R]) -> Callable[P, R]:
-    """STAND-IN for main's staff_required: admins and viewers."""
+    """Authenticate first, then require an admin or a viewer (403 otherwise): admin reads."""
 
     @functools.wraps(view)
     @bearer_required
@@ -132,9 +131,6 @@ def staff_required(view: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def current_actor() -> User:
-    """The caller as a User, for the audit log's `actor`."""
-    user = db.session.get(User, current_viewer().user_id)
-    if user is None:  # deleted since the session check: as for a revoked session
-        raise ApiError(401, "invalid_token", "the token's user no longer exists")
-    return user
+def acting_user() -> User | None:
+    """The admin behind this request, for the audit log."""
+    return audit.actor_of(current_viewer().user_id)

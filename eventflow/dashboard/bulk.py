@@ -66,19 +66,20 @@ def preview_bulk_action() -> ResponseReturnValue:
     """The dry run: how many FAILED events the view's filters match, and a confirmation."""
     action = _action(request.args.get("action"))
     bulk_filter = parse_form_filter(request.args)
-    matched = bulk_actions.count_matching(g.admin, bulk_filter.event_filter())
+    matched = bulk_actions.count_matching(g.user, bulk_filter.event_filter())
     return render_template(
         "dashboard/partials/bulk_confirm.html",
         action=action,
         matched=matched,
-        described=bulk_filter.described(),
+        filtered=bool(bulk_filter.event_filter().as_dict()),
         fields=_as_form_fields(bulk_filter),
     )
 
 
 def _as_form_fields(bulk_filter: BulkFilter) -> list[tuple[str, str]]:
     """The filter as hidden form fields, as parse_form_filter reads them back."""
-    fields = [(k, str(v)) for k, v in bulk_filter.described().items() if k != "payload"]
+    given = bulk_filter.model_dump(mode="json", exclude_none=True)
+    fields = [(k, str(v)) for k, v in given.items() if k != "payload"]
     fields += [(f"payload.{k}", json.dumps(v)) for k, v in (bulk_filter.payload or {}).items()]
     return fields
 
@@ -88,9 +89,7 @@ def create_bulk_action() -> ResponseReturnValue:
     action = _action(request.form.get("action"))
     bulk_filter = parse_form_filter(request.form)
     note = request.form.get("note", "").strip()[:MAX_NOTE] or None
-    bulk = bulk_actions.create_bulk_action(
-        g.admin, action, bulk_filter.event_filter(), bulk_filter.described(), note
-    )
+    bulk = bulk_actions.create_bulk_action(g.user, action, bulk_filter.event_filter(), note)
     target = url_for("dashboard.show_bulk_action", action_id=bulk.id)
     if wants_fragment():
         response = make_response("", 204)
@@ -116,5 +115,5 @@ def show_bulk_action(action_id: str) -> ResponseReturnValue:
 
 @bp.post("/bulk/<action_id>/cancel")
 def cancel_bulk_action(action_id: str) -> ResponseReturnValue:
-    bulk = bulk_actions.cancel_bulk_action(g.admin, _action_id(action_id))
+    bulk = bulk_actions.cancel_bulk_action(g.user, _action_id(action_id))
     return redirect(url_for("dashboard.show_bulk_action", action_id=bulk.id), code=303)

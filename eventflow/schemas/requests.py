@@ -9,7 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from ..filters import EventFilter
+from ..audit import ACTIONS, Action
+from ..filters import EventFilter, id_range
 from .rules import (
     DEFAULT_LIMIT,
     Cursor,
@@ -242,13 +243,12 @@ class BulkFilter(JsonObject):
             error_group=self.error_group,
             created_after=self.created_after,
             created_before=self.created_before,
-            id_prefix=self.q.lower() if self.q else None,
-            payload=tuple(sorted((self.payload or {}).items())),
+            id_range=id_range(self.q) if self.q else None,
+            payload=tuple(
+                (tuple(path.split(".")), value)
+                for path, value in sorted((self.payload or {}).items())
+            ),
         )
-
-    def described(self) -> dict[str, Any]:
-        """The filter as given, for the record (the action's `filter`, the audit log)."""
-        return self.model_dump(mode="json", exclude_none=True)
 
 
 class BulkActionRequest(JsonObject):
@@ -284,3 +284,15 @@ class EditedPayload(JsonObject):
     model_config = ConfigDict(extra="forbid")
 
     payload: Payload | None = None
+
+
+AuditAction = Annotated[Action, Invalid("invalid_action", f"must be one of {', '.join(ACTIONS)}")]
+
+
+class AuditQuery(Query):
+    """GET /audit: newest first, by page (the log of actions stays small next to the events)."""
+
+    page: PageNumber = 1
+    limit: Limit = DEFAULT_LIMIT
+    actor: UserRef | None = Field(None, description="The actor's e-mail (or `command line`).")
+    action: AuditAction | None = None

@@ -360,17 +360,14 @@ def fail_event(claimed: ClaimedEvent, error: str, traceback: str) -> bool:
     )
 
 
-def replay_events(event_ids: list[uuid.UUID]) -> list[uuid.UUID]:
-    """FAILED -> PENDING with a fresh retry budget; attempt history is kept. Returns those moved."""
+def replay_events(event_ids: list[uuid.UUID], *, commit: bool = True) -> list[uuid.UUID]:
+    """FAILED -> PENDING with a fresh retry budget; attempt history is kept. Returns those moved.
+
+    `commit=False` leaves the transaction open for the caller to add to (the audit entry).
+    """
     moved = move_failed(event_ids, Status.PENDING)
-    db.session.commit()
-    return moved
-
-
-def discard_events(event_ids: list[uuid.UUID]) -> list[uuid.UUID]:
-    """FAILED -> DISCARDED: out of the DLQ for good, the row and its history kept."""
-    moved = move_failed(event_ids, Status.DISCARDED)
-    db.session.commit()
+    if commit:
+        db.session.commit()
     return moved
 
 
@@ -408,8 +405,8 @@ def replay_with_payload(
 ) -> int | None:
     """Replay a FAILED event with a corrected payload, keeping the old one as a version.
 
-    Returns the number of the version kept (1: the payload as ingested), or None (nothing
-    changed, the transaction rolled back) if the event is not FAILED. The row lock keeps two
+    Returns the number of the version kept (1: the payload as ingested), in the caller's open
+    transaction; None (rolled back) if the event is not FAILED. The row lock keeps two
     concurrent edits from both reading the same old payload.
     """
     old = db.session.scalar(
@@ -436,7 +433,6 @@ def replay_with_payload(
     if not move_failed([event_id], Status.PENDING, payload=payload):
         db.session.rollback()
         return None
-    db.session.commit()
     return version
 
 
