@@ -128,6 +128,11 @@ def test_a_dry_run_counts_exactly_what_the_real_run_then_touches(
 
     dry = post(client, admin_headers, "/bulk-actions", {**body, "dry_run": True})
     assert (dry.status_code, dry.get_json()) == (200, {"matched": 30})
+    also_failed = {**body["filter"], "status": "failed"}
+    dry = post(
+        client, admin_headers, "/bulk-actions", {**body, "filter": also_failed, "dry_run": True}
+    )
+    assert (dry.status_code, dry.get_json()) == (200, {"matched": 30})
     assert counts(app) == {"FAILED": 47}  # a dry run changes nothing
 
     started = bulk(client, admin_headers, **body, note="acme fixed their endpoint")

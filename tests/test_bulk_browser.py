@@ -6,6 +6,7 @@ test_dashboard_browser.py: every tab fails on a JavaScript error or a CSP violat
 
 from __future__ import annotations
 
+import html
 import re
 
 from playwright.sync_api import expect
@@ -84,3 +85,34 @@ def test_a_viewer_sees_bulk_progress_and_events_but_no_bulk_or_edit_buttons(
         response = client.post(path, data=data, headers={"X-CSRFToken": token})
         assert response.status_code == 403
     assert counts(app) == {"FAILED": 3}
+
+
+def test_the_events_views_filters_carry_into_the_count_and_the_action(
+    app,
+    client,
+    admin,  # noqa: F811  (test_dashboard_browser's fixture)
+):
+    add_failed(app, admin.id, 4, "CARRIED", region="eu")
+    add_failed(app, admin.id, 2, "CARRIED", region="us")
+    add_failed(app, admin.id, 3, "ELSEWHERE", region="eu")
+    assert client_log_in(client, admin.email).status_code == 302
+    page_html = client.get("/dashboard/events?status=FAILED&type=CARRIED").get_data(True)
+    assert "Replay matching" in page_html and "Discard matching" in page_html
+    token = re.search(r'"X-CSRFToken": "([^"]+)"', page_html)[1]
+    htmx = {"HX-Request": "true", "X-CSRFToken": token}
+
+    args = "action=discard&status=FAILED&type=CARRIED&limit=25&payload.region=eu"
+    confirm = client.get(f"/dashboard/bulk/new?{args}", headers=htmx).get_data(True)
+    assert 'data-bulk="matched">4<' in confirm and "Discard 4 events" in confirm
+    refused = client.get("/dashboard/bulk/new?action=replay&status=PROCESSED", headers=htmx)
+    assert refused.status_code == 400 and "FAILED events only" in refused.get_data(True)
+
+    # The confirmation posts the filter it counted, as its hidden fields.
+    hidden = re.findall(r'type="hidden" name="([^"]+)" value="([^"]*)"', confirm)
+    fields = {name: html.unescape(value) for name, value in hidden}
+    fields.pop("csrf_token")
+    created = client.post("/dashboard/bulk", data=fields, headers=htmx)
+    assert created.status_code == 204 and "/dashboard/bulk/" in created.headers["HX-Redirect"]
+    progress = client.get(created.headers["HX-Redirect"]).get_data(True)
+    assert 'data-bulk="matched">4<' in progress
+    assert 'payload={"region": "eu"}' in html.unescape(progress)

@@ -30,12 +30,12 @@ MAX_NOTE = 1000
 
 
 def _scalar(raw: str) -> Any:
-    """A payload filter's value as the JSON scalar it spells (number, true, null), else text."""
+    """A payload filter's value as the JSON scalar it spells (number, true, "text"), else text."""
     try:
         value = json.loads(raw)
     except ValueError:
         return raw
-    return value if value is None or isinstance(value, bool | int | float) else raw
+    return value if value is None or isinstance(value, bool | int | float | str) else raw
 
 
 def parse_form_filter(form: Mapping[str, str]) -> BulkFilter:

@@ -11,6 +11,7 @@ from pydantic_core import PydanticCustomError
 
 from ..audit import ACTIONS, Action
 from ..filters import EventFilter, id_range
+from ..models import Status
 from .rules import (
     DEFAULT_LIMIT,
     Cursor,
@@ -218,6 +219,21 @@ IdPrefix = Annotated[
     Field(pattern=r"^[0-9a-fA-F-]{8,36}$"),
     Invalid("invalid_q", "must be an event id or an id prefix of at least 8 hex characters"),
 ]
+
+
+def _status_member(raw: Any) -> Any:
+    # A strict model takes only enum members: the JSON string names one (case-insensitive).
+    if isinstance(raw, str) and raw.upper() in Status.__members__:
+        return Status[raw.upper()]
+    return raw
+
+
+BulkStatus = Annotated[
+    Status,
+    BeforeValidator(_status_member),
+    Field(description="Case-insensitive."),
+    Invalid("invalid_status", f"must be one of {', '.join(Status.__members__)}"),
+]
 GroupId = Annotated[int, Field(ge=1), Invalid("invalid_error_group", "must be a group's id")]
 
 
@@ -226,7 +242,7 @@ class BulkFilter(JsonObject):
 
     model_config = ConfigDict(extra="forbid")
 
-    status: StatusFilter | None = Field(None, description="Only FAILED (or left out).")
+    status: BulkStatus | None = Field(None, description="FAILED, or left out.")
     type: EventType | None = None
     user: UserRef | None = None
     error_group: GroupId | None = None
