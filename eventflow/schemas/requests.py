@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import uuid
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -203,9 +204,18 @@ class DlqQuery(_Paged):
 
 # --- bulk actions and edits ----------------------------------------------------------------------
 
+
+def _iso_time(raw: Any) -> Any:
+    # Text only (a strict model takes no number as a time), read as ISO 8601.
+    if not isinstance(raw, str):
+        raise ValueError("not text")
+    return datetime.fromisoformat(raw)
+
+
 Moment = Annotated[
     AwareDatetime,
-    Field(strict=False, description="ISO 8601 with a zone, e.g. 2026-01-31T12:00:00Z."),
+    BeforeValidator(_iso_time),
+    Field(description="ISO 8601 with a zone, e.g. 2026-01-31T12:00:00Z."),
     Invalid("invalid_time", "must be an ISO 8601 time with a zone, like 2026-01-31T12:00:00Z"),
 ]
 PayloadPath = Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")]
