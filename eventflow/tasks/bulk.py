@@ -29,9 +29,11 @@ from .queue import QUEUE_ERRORS, EventQueue
 
 logger = logging.getLogger(__name__)
 BULK_TASK_KEY = "eventflow.bulk_task"
-# Events per batch: a batch's transaction stays well under a second (so cancel waits little
-# and the lease, renewed every batch, never lapses under a live worker).
-BATCH = 500
+# Events per batch. A batch's transaction stays well under a second (so a cancel waits little
+# and the lease, renewed every batch, never lapses under a live worker); 20,000 events took
+# 7.9 s in batches of 500 and 4.7 s in batches of 2,000 here (2 busy cores): the fixed cost
+# of a batch is several round trips.
+BATCH = 2000
 RUNNING = BulkActionStatus.RUNNING.value
 TARGET = {"replay": Status.PENDING, "discard": Status.DISCARDED}
 
