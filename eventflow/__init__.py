@@ -87,6 +87,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from .ingest import init_ingest
     from .request_log import install_request_log
     from .security import init_security
+    from .tasks.bulk import init_bulk_task
     from .tasks.queue import init_queue
 
     app.extensions[BACKEND_KEY] = backend
@@ -113,7 +114,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         engineio_logger=False,
     )
     register_live_stats(app, socketio, backend.broker.shared)
-    init_queue(app, settings, backend)
+    init_bulk_task(app, init_queue(app, settings, backend), settings)
     init_ingest(app, settings)
     install_fast_ingest(app)  # in front of Socket.IO's middleware and Flask, behind ProxyFix
     init_security(app, settings)  # after Socket.IO, so ProxyFix sees every request first

@@ -150,7 +150,8 @@ class PostgreSQL:
         nested: Any = value
         for key in reversed(path):
             nested = {key: nested}
-        return Event.payload.contains(type_coerce(nested, JSONB))
+        # Coerced: the column is JSON (JSONB on PostgreSQL), whose own contains() is a LIKE.
+        return type_coerce(Event.payload, JSONB).contains(type_coerce(nested, JSONB))
 
 
 def _sqlite_pragmas(dbapi_connection: SQLiteConnection, _record: ConnectionPoolEntry) -> None:

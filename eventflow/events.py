@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, select, tuple_
 
@@ -16,7 +17,7 @@ from . import audit, filters
 from .errors import ApiError
 from .extensions import db
 from .filters import EventFilter
-from .models import STAFF_ROLES, Event, EventAttempt, Role, Status, User
+from .models import STAFF_ROLES, Event, EventAttempt, PayloadVersion, Role, Status, User
 from .schemas.rules import (
     DEFAULT_LIMIT,
     Position,
@@ -161,6 +162,33 @@ def replay_event(event_id: uuid.UUID, actor: User | None) -> uuid.UUID:
     db.session.commit()
     get_queue().enqueue(replayed, replayed=len(replayed))
     return event_id
+
+
+def edit_and_replay(event_id: uuid.UUID, payload: dict[str, Any], actor: User | None) -> uuid.UUID:
+    """Replay a FAILED event with a corrected payload; the one it replaces is kept, audited.
+
+    The edit, the replay and the audit entry commit together; 409 (nothing kept) if not FAILED.
+    """
+    if db.session.get(Event, event_id) is None:
+        raise ApiError(404, "event_not_found", f"no event with id {str(event_id)!r}")
+    replaced_by = actor.id if actor is not None else None
+    if transitions.replay_with_payload(event_id, payload, replaced_by) is None:
+        raise ApiError(409, "not_in_dlq", "only FAILED events can be replayed")
+    audit.record(actor, "edit_payload", target=str(event_id), count=1)
+    db.session.commit()
+    get_queue().enqueue([event_id], replayed=1)
+    return event_id
+
+
+def list_payload_versions(event_id: uuid.UUID) -> list[PayloadVersion]:
+    """The payloads edits replaced, oldest first (1: as ingested)."""
+    return list(
+        db.session.scalars(
+            select(PayloadVersion)
+            .where(PayloadVersion.event_id == event_id)
+            .order_by(PayloadVersion.version)
+        )
+    )
 
 
 def replay_dlq(actor: User | None, event_type: str | None = None) -> int:

@@ -38,7 +38,13 @@ from .group_commit import GroupCommitter, Pending
 from .logs import current_request_id
 from .models import Event, RevokedToken, Status, User, utcnow
 from .schemas.parsing import validate
-from .schemas.requests import MAX_BATCH_EVENTS, IngestHeaders, NewEvent, NewEvents
+from .schemas.requests import (
+    MAX_BATCH_EVENTS,
+    EditedPayload,
+    IngestHeaders,
+    NewEvent,
+    NewEvents,
+)
 from .tasks.queue import get_queue
 from .tokens import Credentials, check_session
 
@@ -81,6 +87,17 @@ def validate_event(body: Any) -> tuple[str, dict[str, Any], bytes]:
     except _Invalid as exc:
         raise ApiError(400, exc.code, f"{exc.field} {exc.reason}") from None
     return event.type, event.payload, text
+
+
+def validate_edited_payload(body: Any) -> dict[str, Any] | None:
+    """The corrected payload of an edit-and-replay body, checked as ingest checks a payload."""
+    edited = validate(EditedPayload, body, "body")
+    if edited.payload is not None:
+        try:
+            _storable_json(edited.payload)
+        except _Invalid as exc:
+            raise ApiError(400, exc.code, f"{exc.field} {exc.reason}") from None
+    return edited.payload
 
 
 def check_idempotency_key(key: str | None) -> str | None:

@@ -318,3 +318,64 @@ class AuditEntry(Model):
     filter: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     count: Mapped[int | None] = mapped_column(Integer, nullable=True)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class BulkActionStatus(enum.StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+class BulkAction(Model):
+    """A replay or discard of the FAILED events a filter matched when the action was created."""
+
+    __tablename__ = "bulk_actions"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    action: Mapped[str] = mapped_column(String(16))  # "replay" | "discard"
+    filter: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    matched: Mapped[int] = mapped_column(Integer, default=0)
+    done: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    status: Mapped[str] = mapped_column(
+        String(16), default=BulkActionStatus.RUNNING.value, index=True
+    )
+    created_by: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The worker running it renews this lease every batch; recovery re-sends an action whose
+    # lease lapsed (its worker died, or its queue message was lost).
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class BulkActionItem(Model):
+    """An event a bulk action has still to touch: deleted by the batch that touches it."""
+
+    __tablename__ = "bulk_action_items"
+
+    action_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("bulk_actions.id", ondelete="CASCADE"), primary_key=True
+    )
+    event_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("events.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
+class PayloadVersion(Model):
+    """An event's payload as it was before an edit-and-replay replaced it (1 = as ingested)."""
+
+    __tablename__ = "payload_versions"
+
+    event_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("events.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    replaced_by: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+    replaced_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -18,6 +18,7 @@ from .tasks.counters import HISTORY_SECONDS, METRICS, Counters
 
 RATE_WINDOW_SECONDS = 5  # per-second rates are averaged over the last few whole seconds
 WORKER_ALIVE_SECONDS = 15
+TERMINAL = (Status.PROCESSED, Status.DISCARDED)
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float | None:
@@ -42,9 +43,10 @@ def snapshot(stats: Counters, *, now: float | None = None, history: bool = True)
     rates = {
         f"{m}_per_s": round(sum(b[m] for b in window) / RATE_WINDOW_SECONDS, 2) for m in METRICS
     }
+    # The terminal statuses (PROCESSED, DISCARDED) only grow: never counted here.
     by_status = db.session.execute(
         select(Event.status, func.count())
-        .where(Event.status.in_([s.value for s in Status if s != Status.PROCESSED]))
+        .where(Event.status.in_([s.value for s in Status if s not in TERMINAL]))
         .group_by(Event.status)
     ).all()
     counts = {status: count for status, count in by_status}

@@ -4,6 +4,7 @@ Every call appends a line "<event id> <attempt>" to the file named in the payloa
 "effects" field, so tests count handler effects exactly, across processes and crashes.
 """
 
+import json
 import os
 import time
 
@@ -87,3 +88,14 @@ def bad_price(event):
 
 def _check_price(payload):
     raise ValueError(f"price of sku {payload['sku']} must be positive, got {-payload['n']}")
+
+
+@handler("TEST_NEEDS_FIX")
+def needs_fix(event):
+    """Fails for good until its payload says "fixed": true; appends each payload it saw, as
+    a JSON line, to the file named in payload["seen"] (edit-and-replay tests)."""
+    with open(event.payload["seen"], "a") as f:
+        f.write(json.dumps(event.payload, sort_keys=True) + "\n")
+    if not event.payload.get("fixed"):
+        raise PermanentError("the payload needs fixing")
+    return {"fixed": True}

@@ -2,13 +2,15 @@
 
 import uuid
 
-from .. import events
+from flask import request
+
+from .. import events, ingest
 from ..filters import EventFilter
 from ..models import Status
-from ..schemas.requests import DlqQuery, DlqReplay, EventPath
+from ..schemas.requests import DlqQuery, DlqReplay, EditedPayload, EventPath
 from ..schemas.responses import EventPage, Queued, Replayed, event_page
 from . import bp
-from .inputs import acting_user, admin_required, current_viewer, staff_required
+from .inputs import acting_user, admin_required, current_viewer, json_body, staff_required
 from .operation import operation
 
 ADMIN_ERRORS = {401: "", 403: "forbidden: for admins only.", 503: ""}
@@ -18,20 +20,32 @@ STAFF_ERRORS = {401: "", 403: "forbidden: for admins and viewers only.", 503: ""
 @bp.post("/events/<event_id:event_id>/replay")
 @admin_required
 @operation(
-    "Replay a FAILED event with a fresh set of attempts",
+    "Replay a FAILED event with a fresh set of attempts, optionally with a corrected payload",
     tag="dlq",
     auth="access",
     path=EventPath,
+    body=EditedPayload,
+    body_required=False,
+    checked_by_use_case=True,
     responses={202: Queued},
     errors={
         **ADMIN_ERRORS,
+        400: "invalid_json, invalid_body, unknown_field, invalid_payload.",
         404: "event_not_found: no such event, or a malformed id.",
         409: "not_in_dlq: only FAILED events can be replayed.",
+        413: "",
     },
-    description="The attempt history is kept.",
+    description="The attempt history is kept. With {payload} the event runs with that payload "
+    "(checked as ingest checks one); the payload it replaces is kept (GET /events/{id}: "
+    "payload_versions).",
 )
 def replay_event(event_id: uuid.UUID) -> tuple[dict[str, object], int]:
-    return {"eventId": events.replay_event(event_id, acting_user()), "status": "queued"}, 202
+    payload = ingest.validate_edited_payload(json_body() if request.get_data().strip() else {})
+    if payload is None:
+        replayed = events.replay_event(event_id, acting_user())
+    else:
+        replayed = events.edit_and_replay(event_id, payload, acting_user())
+    return {"eventId": replayed, "status": "queued"}, 202
 
 
 @bp.get("/dlq")

@@ -7,9 +7,15 @@ from flask import g, request
 from .. import events, ingest
 from ..errors import ApiError
 from ..filters import EventFilter
-from ..models import Event
 from ..schemas.requests import EventPath, EventQuery, IngestHeaders, NewEvent, NewEvents
-from ..schemas.responses import BatchAccepted, EventPage, EventView, Queued, event_page
+from ..schemas.responses import (
+    BatchAccepted,
+    EventDetail,
+    EventPage,
+    EventView,
+    Queued,
+    event_page,
+)
 from ..security import limit_ingest
 from . import bp
 from .inputs import bearer_required, current_credentials, current_viewer, json_body
@@ -115,15 +121,19 @@ def create_events() -> tuple[dict[str, object], int]:
     tag="events",
     auth="access",
     path=EventPath,
-    responses={200: EventView},
+    responses={200: EventDetail},
     errors={
         401: "",
         404: "event_not_found: no such event, a malformed id, or another user's event.",
         503: "",
     },
 )
-def get_event(event_id: uuid.UUID) -> Event:
-    return events.get_event(current_viewer(), event_id)
+def get_event(event_id: uuid.UUID) -> EventDetail:
+    event = events.get_event(current_viewer(), event_id)
+    versions = events.list_payload_versions(event.id)
+    return EventDetail.model_validate(
+        {**EventView.model_validate(event).model_dump(), "payload_versions": versions}
+    )
 
 
 LISTING_ERRORS = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -58,6 +59,16 @@ def pretty_json(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
 
 
+def json_diff(old: Any, new: Any) -> list[tuple[str, str]]:
+    """A unified diff of two JSON values, pretty-printed: (kind, line), kind add|del|hunk|same."""
+    lines = difflib.unified_diff(
+        pretty_json(old).splitlines(), pretty_json(new).splitlines(), lineterm="", n=3
+    )
+    kinds = {"+": "add", "-": "del", "@": "hunk", " ": "same"}
+    # The first two lines name the files (---/+++): there are none here.
+    return [(kinds.get(line[:1], "same"), line) for line in list(lines)[2:]]
+
+
 def short_id(value: Any) -> str:
     """The first block of a UUID: enough to tell events apart in a table."""
     return str(value).split("-", 1)[0]
@@ -93,3 +104,4 @@ def register_filters(bp: Blueprint) -> None:
         bp.add_app_template_filter(func, name)
     bp.add_app_template_global(duration_between, "duration_between")
     bp.add_app_template_global(spark_bars, "spark_bars")
+    bp.add_app_template_global(json_diff, "json_diff")

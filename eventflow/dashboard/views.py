@@ -18,11 +18,11 @@ from flask.typing import ResponseReturnValue
 from flask_limiter import RateLimitExceeded
 from flask_wtf.csrf import CSRFError
 
-from .. import audit, events, users
+from .. import audit, events, ingest, users
 from ..errors import ApiError, retry_after_seconds
 from ..filters import EventFilter
 from ..models import Status
-from ..schemas.parsing import parse_event_id, parse_query, validate
+from ..schemas.parsing import parse_event_id, parse_json, parse_query, validate
 from ..schemas.requests import AuditQuery, DlqReplay, EventQuery
 from ..schemas.rules import parse_uuid
 from ..security import limit_failed_logins
@@ -241,11 +241,14 @@ def list_events() -> ResponseReturnValue:
 @bp.get("/events/<event_id>")
 def show_event(event_id: str) -> ResponseReturnValue:
     event = events.get_event(_viewer(), parse_event_id(event_id))
+    versions = events.list_payload_versions(event.id)
     context = dict(
         event=event,
         attempts=events.list_attempts(event.id),
         owner=users.user_emails([event.user_id]).get(event.user_id),
         in_flight=event.status in IN_FLIGHT,
+        versions=versions,
+        editors=users.user_emails(v.replaced_by for v in versions if v.replaced_by),
     )
     if wants_fragment():
         return render_template("dashboard/partials/event_detail.html", **context)
@@ -319,6 +322,20 @@ def replay_event(event_id: str) -> ResponseReturnValue:
         return _outcome(exc.message, level="error", status=exc.status)
     link = url_for("dashboard.show_event", event_id=replayed)
     return _outcome(f"Event {replayed} is back in the queue.", link=link)
+
+
+@bp.post("/events/<event_id>/edit")
+def edit_and_replay(event_id: str) -> ResponseReturnValue:
+    try:
+        edited = parse_json(request.form.get("payload", "").encode())
+        payload = ingest.validate_edited_payload({"payload": edited})
+        if payload is None:
+            raise ApiError(400, "invalid_payload", "payload must be a JSON object")
+        replayed = events.edit_and_replay(parse_event_id(event_id), payload, g.user)
+    except ApiError as exc:
+        return _outcome(exc.message, level="error", status=exc.status)
+    link = url_for("dashboard.show_event", event_id=replayed)
+    return _outcome(f"Event {replayed} is back in the queue with the edited payload.", link=link)
 
 
 @bp.post("/dlq/replay")

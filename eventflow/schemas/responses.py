@@ -221,3 +221,50 @@ class HealthChecks(Out):
 class HealthReport(Out):
     status: Literal["ok", "degraded"]
     checks: HealthChecks
+
+
+class PayloadVersionView(Out):
+    version: int = Field(description="1: the payload as ingested; each edit keeps one more.")
+    payload: dict[str, Any]
+    replaced_by: uuid.UUID | None = Field(description="The admin whose edit replaced it.")
+    replaced_at: UtcDatetime
+
+
+class EventDetail(EventView):
+    payload_versions: list[PayloadVersionView] = Field(
+        description="Earlier payloads, oldest first, that edit-and-replay replaced."
+    )
+
+
+# --- bulk actions --------------------------------------------------------------------------------
+
+
+class BulkMatched(Out):
+    matched: int = Field(description="FAILED events the filter matches now (a dry run).")
+
+
+class BulkActionStarted(Out):
+    id: uuid.UUID
+    matched: int = Field(description="The events the action will go through, fixed now.")
+    status: Literal["running", "completed"] = Field(description="completed: nothing matched.")
+
+
+class BulkActionView(Out):
+    id: uuid.UUID
+    action: Literal["replay", "discard"]
+    filter: dict[str, Any]
+    note: str | None
+    matched: int
+    done: int = Field(description="Of `matched`, how many the workers have gone through.")
+    status: Literal["running", "completed", "cancelled", "failed"]
+    created_by: uuid.UUID | None
+    created_at: UtcDatetime
+    finished_at: UtcDatetime | None
+
+
+class BulkActionList(Out):
+    items: list[BulkActionView]
+    page: int
+    limit: int
+    total: int
+    pages: int

@@ -16,6 +16,7 @@ from ..config import Settings
 from ..extensions import db
 from ..models import ErrorGroupHour, Status, Worker, utcnow
 from . import transitions
+from .bulk import resume_bulk_actions
 from .processing import log_attempt
 from .queue import QUEUE_ERRORS, EventQueue
 
@@ -32,6 +33,7 @@ class RecoveryReport:
     orphans_retried: int = 0
     orphans_failed: int = 0
     resent: int = 0
+    bulk_actions_resent: int = 0
 
 
 def recover_orphans(queue: EventQueue, settings: Settings, report: RecoveryReport) -> None:
@@ -97,10 +99,11 @@ def recover(queue: EventQueue, settings: Settings) -> RecoveryReport:
     try:
         recover_orphans(queue, settings, report)
         resend_lost_messages(queue, settings, report)
+        report.bulk_actions_resent = resume_bulk_actions(settings)
         forget_dead_workers()
         forget_old_error_hours()
     except QUEUE_ERRORS as exc:
         logger.warning("recovery skipped, queue unreachable: %s", exc)
-    if report.orphans_retried or report.orphans_failed or report.resent:
+    if any(vars(report).values()):
         logger.warning("recovery: %s", report)
     return report

@@ -4,6 +4,7 @@ PENDING -> PROCESSING -> PROCESSED
 PROCESSING -> PENDING | RETRYING              (a claim given back before its handler started)
 PROCESSING -> RETRYING -> PROCESSING ...      (a failed attempt with budget left)
 PROCESSING -> FAILED (the DLQ) -> PENDING     (out of attempts or permanent; replay)
+FAILED -> DISCARDED                           (discard: terminal, kept, out of the DLQ)
 PROCESSING -> RETRYING | FAILED               (recovery: the worker holding it died)
 
 Every failed attempt is counted into its error group (fingerprints.py) by the same statement
@@ -43,6 +44,7 @@ from ..models import (
     EventAttempt,
     GroupStatus,
     Outcome,
+    PayloadVersion,
     Status,
     utcnow,
 )
@@ -524,24 +526,78 @@ def replay_events(
     `also`: conditions the events must still meet when they move (they were chosen by them).
     `commit=False` leaves the transaction open for the caller to add to (the audit entry).
     """
+    moved = move_failed(event_ids, Status.PENDING, *also)
+    if commit:
+        db.session.commit()
+    return moved
+
+
+def move_failed(
+    event_ids: list[uuid.UUID], to: Status, *also: ColumnElement[bool], **values: object
+) -> list[uuid.UUID]:
+    """The guarded move out of the DLQ, in the caller's transaction: replay or discard.
+
+    Only events still FAILED move (an event replayed or discarded meanwhile is left alone);
+    returns those moved. A replay (to PENDING) gives a fresh retry budget and clears the
+    result; `also` are conditions the events must still meet (they were chosen by them);
+    `values` are more columns to set with it (an edited payload).
+    """
     if not event_ids:
         return []
-    now = utcnow()
+    if to == Status.PENDING:
+        values = dict(
+            replayed_attempts=Event.attempts,
+            next_attempt_at=utcnow(),
+            processed_at=None,
+            result=None,
+            **values,
+        )
+    elif to != Status.DISCARDED:
+        raise ValueError(f"a FAILED event moves to PENDING or DISCARDED, not {to}")
     moved = db.session.scalars(
         update(Event)
         .where(Event.id.in_(event_ids), Event.status == Status.FAILED.value, *also)
-        .values(
-            status=Status.PENDING.value,
-            replayed_attempts=Event.attempts,
-            next_attempt_at=now,
-            processed_at=None,
-            result=None,
-        )
-        .returning(Event.id)
+        .values(status=to.value, **values)
+        .returning(Event.id),
+        execution_options={"synchronize_session": False},
     ).all()
-    if commit:
-        db.session.commit()
     return list(moved)
+
+
+def replay_with_payload(
+    event_id: uuid.UUID, payload: dict[str, Any], replaced_by: uuid.UUID | None
+) -> int | None:
+    """Replay a FAILED event with a corrected payload, keeping the old one as a version.
+
+    Returns the number of the version kept (1: the payload as ingested), in the caller's open
+    transaction; None (rolled back) if the event is not FAILED. The row lock keeps two
+    concurrent edits from both reading the same old payload.
+    """
+    old = db.session.scalar(
+        select(Event.payload)
+        .where(Event.id == event_id, Event.status == Status.FAILED.value)
+        .with_for_update()
+    )
+    if old is None:
+        db.session.rollback()
+        return None
+    latest = db.session.scalar(
+        select(func.max(PayloadVersion.version)).where(PayloadVersion.event_id == event_id)
+    )
+    version = (latest or 0) + 1
+    db.session.execute(
+        insert(PayloadVersion).values(
+            event_id=event_id,
+            version=version,
+            payload=old,
+            replaced_by=replaced_by,
+            replaced_at=utcnow(),
+        )
+    )
+    if not move_failed([event_id], Status.PENDING, payload=payload):
+        db.session.rollback()
+        return None
+    return version
 
 
 def replay_failed_in_batches(
