@@ -8,19 +8,26 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from ..filters import EventFilter, PayloadMatch
 from .rules import (
     DEFAULT_LIMIT,
+    CreatedAfter,
+    CreatedBefore,
     Cursor,
     Email,
+    ErrorGroupId,
     EventId,
     EventType,
     IdempotencyKey,
+    IdSearch,
     Invalid,
     Limit,
     LoginText,
     NewPassword,
     PageNumber,
     Payload,
+    PayloadBody,
+    PayloadQuery,
     StatusFilter,
 )
 
@@ -183,12 +190,68 @@ UserRef = Annotated[
 ]
 
 
-class EventQuery(_Paged):
-    """GET /events: newest first. page=None after validation means cursor paging."""
+class EventFilterFields(BaseModel):
+    """The fields that select events, for a query string (EventQuery) or a JSON body
+    (EventFilterBody); `to_filter()` makes the one EventFilter every listing and bulk action
+    uses (eventflow/filters.py)."""
 
     status: StatusFilter | None = None
     type: EventType | None = None
     user: UserRef | None = Field(None, description="Admins only: the owner's id or e-mail.")
+    error_group: ErrorGroupId | None = None
+    created_after: CreatedAfter | None = None
+    created_before: CreatedBefore | None = None
+    q: IdSearch | None = None
+    payload: tuple[PayloadMatch, ...] = ()  # parsed by each subclass's own rule
+
+    def to_filter(self) -> EventFilter:
+        return EventFilter(
+            status=self.status,
+            type=self.type,
+            user=self.user,
+            error_group=self.error_group,
+            created_after=self.created_after,
+            created_before=self.created_before,
+            id_range=self.q,
+            payload=self.payload,
+        )
+
+
+PAYLOAD_ARGUMENT = "payload."
+
+
+class EventQuery(_Paged, EventFilterFields):
+    """GET /events: newest first. page=None after validation means cursor paging.
+
+    `payload.<dotted.path>=<value>` arguments (any number up to 10) become `payload`.
+    """
+
+    payload: PayloadQuery = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_payload_arguments(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if k != "payload"}
+            gathered = {
+                key.removeprefix(PAYLOAD_ARGUMENT): value
+                for key, value in data.items()
+                if isinstance(key, str) and key.startswith(PAYLOAD_ARGUMENT)
+            }
+            if gathered:
+                data["payload"] = gathered
+        return data
+
+
+class EventFilterBody(JsonObject, EventFilterFields):
+    """Which events, as a JSON object (bulk actions): the fields of GET /events, with
+    `payload` as `{"dotted.path": <JSON scalar>}`."""
+
+    # Lax, unlike other bodies, for the status alone: a strict enum refuses its text. Lax mode
+    # still turns no number into a string, and the other fields parse with their own rules.
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    payload: PayloadBody = ()
 
 
 class DlqQuery(_Paged):
