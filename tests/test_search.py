@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from html import unescape
 from types import SimpleNamespace
 from urllib.parse import quote
 
@@ -22,6 +23,7 @@ from eventflow.models import Event
 from tests.conftest import bearer
 from tests.pipeline import query_plans
 from tests.processes import flask_cli
+from tests.test_dashboard_views import htmx, log_in
 from tests.test_paging import _error_code, _get, _ids, _walk
 
 # (name, payload) of the events the payload filters look through.
@@ -353,3 +355,82 @@ def test_the_embedded_sqlite_default_answers_payload_filters_the_same(base_env, 
     finally:
         with app.app_context():
             db.engine.dispose()
+
+
+# --- the dashboard's Events page --------------------------------------------------------------
+
+
+def test_events_page_filters_by_payload_lines_time_and_prefix_and_the_url_keeps_them(
+    app, client, make_user
+):
+    admin = make_user(admin=True)
+    assert log_in(client, admin.email).status_code == 302
+    headers = bearer(client, admin.email)
+    wanted = _post(client, headers, {"customer": {"id": 42}, "vip": True})
+    _post(client, headers, {"customer": {"id": "42"}, "vip": True})
+    _post(client, headers, {"customer": {"id": 42}, "vip": False})
+
+    # The form sends its textarea; the page answers with the results and the canonical URL.
+    form = {
+        "q": "",
+        "created_after": "2000-01-01T00:00",
+        "created_before": "",
+        "payload": "customer.id=42\r\n vip = true \r\n",
+        "limit": "25",
+    }
+    response = client.get("/dashboard/events", query_string=form, headers=htmx())
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200, html
+    assert html.count("data-event-id=") == 1 and wanted in html
+    shared = response.headers["HX-Push-Url"]
+    assert shared == (
+        "/dashboard/events?created_after=2000-01-01T00:00&payload.customer.id=42&payload.vip=true"
+    )
+
+    # The shared URL reproduces the view, with the fields filled in.
+    page = client.get(shared).get_data(as_text=True)
+    assert page.count("data-event-id=") == 1 and wanted in page
+    assert ">customer.id=42\nvip=true</textarea>" in page
+    assert 'name="created_after" value="2000-01-01T00:00:00"' in page
+    by_prefix = client.get(f"/dashboard/events?q={wanted[:10]}&payload.vip=true")
+    assert wanted in by_prefix.get_data(as_text=True)
+    # A time with its zone (an API-style link) shows in the field as UTC.
+    zoned = client.get("/dashboard/events?created_before=2999-01-01T01:00:00%2B01:00")
+    assert 'name="created_before" value="2999-01-01T00:00:00"' in zoned.get_data(as_text=True)
+    assert zoned.get_data(as_text=True).count("data-event-id=") == 3
+
+
+def test_events_page_shows_the_error_group_as_a_removable_chip(app, client, make_user):
+    admin = make_user(admin=True)
+    assert log_in(client, admin.email).status_code == 302
+    headers = bearer(client, admin.email)
+    grouped, other = _post(client, headers), _post(client, headers)
+    with app.app_context():
+        db.session.execute(
+            update(Event).where(Event.id == uuid.UUID(grouped)).values(error_group_id=17)
+        )
+        db.session.commit()
+    html = client.get("/dashboard/events?error_group=17&type=SEARCHED").get_data(as_text=True)
+    assert html.count("data-event-id=") == 1 and grouped in html and other not in html
+    chip = html[html.index('class="chip"') : html.index("</p>", html.index('class="chip"'))]
+    assert 'name="error_group" value="17"' in chip and "Error group 17" in chip
+    assert 'href="/dashboard/events?type=SEARCHED"' in chip
+    assert 'class="chip"' not in client.get("/dashboard/events").get_data(as_text=True)
+
+
+def test_events_page_says_what_is_wrong_with_a_bad_search(client, make_user):
+    admin = make_user(admin=True)
+    assert log_in(client, admin.email).status_code == 302
+    for query, message in [
+        ("payload=customer.id", "has no ="),
+        ("payload.a%20b=1", "is not 1-8 keys"),
+        ("payload=a..b%3D1", "is not 1-8 keys"),
+        ("created_after=yesterday", "From: give a date and time in UTC"),
+        ("created_before=2026-02-30T10:00", "To: give a date and time in UTC"),
+        ("q=abc", "at least its first 8 hex digits"),
+        ("error_group=x", "The error group is a group's number"),
+    ]:
+        for headers in ({}, htmx()):
+            response = client.get(f"/dashboard/events?{query}", headers=headers)
+            assert response.status_code == 400, query
+            assert message in unescape(response.get_data(as_text=True)), query

@@ -219,7 +219,7 @@ Cursor = Annotated[
 # --- search filters ------------------------------------------------------------------------------
 
 
-def _moment(raw: Any) -> datetime:
+def parse_moment(raw: Any) -> datetime:
     """An ISO 8601 time with its zone, or a date (midnight UTC), as an aware UTC datetime."""
     if isinstance(raw, datetime):
         moment = raw
@@ -260,13 +260,13 @@ def _moment_schema(description: str) -> WithJsonSchema:
 
 CreatedAfter = Annotated[
     datetime,
-    PlainValidator(_moment),
+    PlainValidator(parse_moment),
     _moment_schema("Events created at or after this time (inclusive)"),
     Invalid("invalid_created_after", MOMENT_RULE),
 ]
 CreatedBefore = Annotated[
     datetime,
-    PlainValidator(_moment),
+    PlainValidator(parse_moment),
     _moment_schema("Events created before this time (exclusive)"),
     Invalid("invalid_created_before", MOMENT_RULE),
 ]
