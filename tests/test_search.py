@@ -223,6 +223,19 @@ def test_odd_but_valid_payload_values_are_strings_not_errors(client, auth):
     assert _both_ways(client, f"payload.big={10**30}", auth) == [big]
 
 
+def test_the_api_document_describes_every_search_filter(client):
+    operation = client.get("/api/v1/openapi.json").get_json()["paths"]["/api/v1/events"]["get"]
+    parameters = {p["name"]: p for p in operation["parameters"]}
+    assert {"created_after", "created_before", "error_group", "q"} <= set(parameters)
+    assert "inclusive" in parameters["created_after"]["description"]
+    assert "exclusive" in parameters["created_before"]["description"]
+    assert parameters["q"]["schema"]["minLength"] == 8
+    assert "payload" not in parameters  # a family of names: the description documents it
+    assert "`payload.<dotted.path>=<value>`" in operation["description"]
+    for code in ("invalid_created_after", "invalid_q", "invalid_payload_filter"):
+        assert code in operation["responses"]["400"]["description"]
+
+
 # --- the filter as a JSON body (bulk actions) -------------------------------------------------
 
 
