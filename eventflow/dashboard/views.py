@@ -187,7 +187,7 @@ def _event_filters() -> dict[str, str]:
 
 
 def _payload_arguments(lines: str) -> dict[str, str]:
-    """ "customer.id=42" lines as {"payload.customer.id": "42"}; a line without "=" is a 400."""
+    """Lines of path=value as {"payload.<path>": value}; a line without "=" is a 400."""
     found = {}
     for line in lines.splitlines():
         path, equals, value = line.partition("=")

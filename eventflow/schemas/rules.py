@@ -323,8 +323,8 @@ TOO_MANY_PAYLOAD_FILTERS = Invalid(
 )
 BAD_PAYLOAD_PATH = Invalid(
     "invalid_payload_filter",
-    "the payload filter path {value} is not 1-8 keys of 1-64 characters of A-Z a-z 0-9 _ - "
-    "joined by dots (payload.customer.id=42)",
+    f"the payload filter path {{value}} is not 1-{MAX_PAYLOAD_DEPTH} keys of 1-64 characters "
+    "of A-Z a-z 0-9 _ - joined by dots (payload.customer.id=42)",
     whole=True,
 )
 BAD_PAYLOAD_VALUE = Invalid(
@@ -336,7 +336,7 @@ BAD_PAYLOAD_VALUE = Invalid(
 
 
 def payload_path(text: str) -> tuple[str, ...]:
-    """ "customer.id" -> ("customer", "id"), or the 400 of a bad path."""
+    """A dotted path as its keys, customer.id -> ("customer", "id"); a bad one is a 400."""
     keys = tuple(text.split("."))
     if len(keys) > MAX_PAYLOAD_DEPTH or not all(PAYLOAD_KEY.fullmatch(key) for key in keys):
         raise BAD_PAYLOAD_PATH.error(text)
