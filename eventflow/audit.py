@@ -6,6 +6,8 @@ describes (or not at all). Nothing in the application updates or deletes an entr
 
 from __future__ import annotations
 
+import enum
+import math
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +21,7 @@ from .models import AuditEntry, User
 COMMAND_LINE = "command line"
 
 # Every action the log records (CONTRACT §10), and what each names as its target.
-ACTIONS = {
+ACTIONS: dict[str, str] = {
     "replay": "an event",
     "replay_all": "the DLQ, or one type of it (filter)",
     "replay_group": "an error group",
@@ -33,6 +35,9 @@ ACTIONS = {
     "set_role": "a user (note: the new role)",
     "create_user": "a user (note: the role)",
 }
+
+# The same names as an enum, for the API's action filter (and its OpenAPI document).
+Action = enum.StrEnum("Action", {name.upper(): name for name in ACTIONS})  # type: ignore[misc]
 
 
 def record(
@@ -71,6 +76,14 @@ class AuditPage:
     page: int
     limit: int
     total: int
+
+    @property
+    def pages(self) -> int:
+        return math.ceil(self.total / self.limit)
+
+    @property
+    def deepest_page(self) -> int:
+        return self.pages
 
 
 def list_entries(

@@ -123,13 +123,21 @@ def runner(app):
 
 @pytest.fixture
 def make_user(app):
-    """Factory: make_user(email=None, password=..., admin=False) -> (id, email, role)."""
+    """Factory: make_user(email=None, password=..., admin=False, role=None) -> (id, email, role)."""
     from eventflow import users
 
-    def make(email: str | None = None, password: str = "correct-horse", admin: bool = False):
+    def make(
+        email: str | None = None,
+        password: str = "correct-horse",
+        admin: bool = False,
+        role: str | None = None,
+    ):
         with app.app_context():
             user = users.create_user(
-                email or f"user-{uuid.uuid4().hex[:8]}@example.com", password, admin=admin
+                email or f"user-{uuid.uuid4().hex[:8]}@example.com",
+                password,
+                admin=admin,
+                role=role,
             )
             return SimpleNamespace(id=user.id, email=user.email, role=user.role)
 

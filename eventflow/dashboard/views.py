@@ -19,11 +19,11 @@ from flask.typing import ResponseReturnValue
 from flask_limiter import RateLimitExceeded
 from flask_wtf.csrf import CSRFError
 
-from .. import events, users
+from .. import audit, events, users
 from ..errors import ApiError, retry_after_seconds
 from ..models import Status
 from ..schemas.parsing import parse_event_id, parse_query, validate
-from ..schemas.requests import PAYLOAD_ARGUMENT, DlqReplay, EventQuery
+from ..schemas.requests import PAYLOAD_ARGUMENT, AuditQuery, DlqReplay, EventQuery
 from ..schemas.rules import parse_moment
 from ..security import limit_failed_logins
 from ..stats import snapshot
@@ -330,6 +330,32 @@ def list_dlq() -> ResponseReturnValue:
         error,
         types=events.count_dlq_by_type(),
     )
+
+
+@bp.get("/audit")
+def list_audit() -> ResponseReturnValue:
+    filters = _filters(("actor", "action"))
+    try:
+        args = {k: v for k, v in filters.items() if v}
+        query = parse_query(AuditQuery, {**args, "page": request.args.get("page") or "1"})
+        found, error = (
+            audit.list_entries(
+                actor=query.actor, action=query.action, page=query.page, limit=DEFAULT_PAGE_SIZE
+            ),
+            None,
+        )
+    except ApiError as exc:
+        found, error = None, exc.message
+    template = "partials/audit_results.html" if wants_fragment() else "audit.html"
+    page = render_template(
+        f"dashboard/{template}",
+        filters=filters,
+        page=found,
+        error=error,
+        actions=audit.ACTIONS,
+        page_url=lambda n: _shareable_url("dashboard.list_audit", filters, n),
+    )
+    return page, 400 if error else 200
 
 
 # --- actions ---------------------------------------------------------------------------------
