@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import text, update
 
 from eventflow import create_app, users
+from eventflow.errors import ApiError
 from eventflow.extensions import db
 from eventflow.models import Event
 from tests.conftest import bearer
@@ -273,6 +274,20 @@ def test_a_filter_body_parses_into_the_same_filter_as_the_query_string():
     ).to_filter()
     assert body == query
     assert body.as_dict()["payload"] == {"customer.id": 42, "vip": True, "tier": "42", "gone": None}
+    for bad, code in [
+        ({"error_group": "3"}, "invalid_error_group"),  # in JSON, a number is a number
+        ({"error_group": True}, "invalid_error_group"),
+        ({"type": 5}, "invalid_type"),
+        ({"payload": {"items": [1]}}, "invalid_payload_filter"),
+        ({"payload": {"a b": 1}}, "invalid_payload_filter"),
+        ({"payload": "customer.id=42"}, "invalid_payload_filter"),
+        ({"q": "0b5e3c1"}, "invalid_q"),
+        ({"created_before": 1767225600}, "invalid_created_before"),
+        ({"id": "0b5e3c1a"}, "unknown_field"),
+    ]:
+        with pytest.raises(ApiError) as refused:
+            validate(EventFilterBody, bad, "body")
+        assert (refused.value.status, refused.value.code) == (400, code), bad
 
 
 # --- indexes ----------------------------------------------------------------------------------

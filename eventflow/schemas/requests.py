@@ -17,6 +17,7 @@ from .rules import (
     Cursor,
     Email,
     ErrorGroupId,
+    ErrorGroupIdJson,
     EventId,
     EventType,
     IdempotencyKey,
@@ -252,6 +253,7 @@ class EventFilterBody(JsonObject, EventFilterFields):
     # still turns no number into a string, and the other fields parse with their own rules.
     model_config = ConfigDict(extra="forbid", strict=False)
 
+    error_group: ErrorGroupIdJson | None = None
     payload: PayloadBody = ()
 
 

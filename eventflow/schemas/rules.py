@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, Field, PlainValidator, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    PlainValidator,
+    Strict,
+    WithJsonSchema,
+)
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
@@ -274,12 +281,13 @@ CreatedBefore = Annotated[
 # error_group_id is a 4-byte integer column: a larger number names no group (and must not
 # reach PostgreSQL, which would refuse the comparison).
 MAX_GROUP_ID = 2**31 - 1
-ErrorGroupId = Annotated[
-    int,
-    Field(ge=1, le=MAX_GROUP_ID, description="The id of an error group (GET /error-groups)."),
-    BeforeValidator(_whole_number),
-    Invalid("invalid_error_group", "must be an error group's id (a whole number >= 1)"),
-]
+_GROUP_ID = Field(
+    ge=1, le=MAX_GROUP_ID, description="The id of an error group (GET /error-groups)."
+)
+_GROUP_INVALID = Invalid("invalid_error_group", "must be an error group's id (a whole number >= 1)")
+ErrorGroupId = Annotated[int, _GROUP_ID, BeforeValidator(_whole_number), _GROUP_INVALID]
+# In a JSON body a number, not its text.
+ErrorGroupIdJson = Annotated[int, Strict(), _GROUP_ID, _GROUP_INVALID]
 
 
 def _id_range(raw: Any) -> tuple[uuid.UUID, uuid.UUID]:
