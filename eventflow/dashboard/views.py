@@ -24,7 +24,7 @@ from ..errors import ApiError, retry_after_seconds
 from ..models import Status
 from ..schemas.parsing import parse_event_id, parse_query, validate
 from ..schemas.requests import PAYLOAD_ARGUMENT, AuditQuery, DlqReplay, EventQuery
-from ..schemas.rules import parse_moment
+from ..schemas.search import parse_moment
 from ..security import limit_failed_logins
 from ..stats import snapshot
 from ..tasks.queue import QUEUE_ERRORS, get_queue

@@ -12,25 +12,27 @@ from ..audit import ACTIONS, Action
 from ..filters import EventFilter, PayloadMatch
 from .rules import (
     DEFAULT_LIMIT,
-    CreatedAfter,
-    CreatedBefore,
     Cursor,
     Email,
-    ErrorGroupId,
-    ErrorGroupIdJson,
     EventId,
     EventType,
     IdempotencyKey,
-    IdSearch,
     Invalid,
     Limit,
     LoginText,
     NewPassword,
     PageNumber,
     Payload,
+    StatusFilter,
+)
+from .search import (
+    CreatedAfter,
+    CreatedBefore,
+    ErrorGroupId,
+    ErrorGroupIdJson,
+    IdSearch,
     PayloadBody,
     PayloadQuery,
-    StatusFilter,
 )
 
 NOT_AN_OBJECT = Invalid("invalid_body", "must be a JSON object")
