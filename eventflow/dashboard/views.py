@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from flask import (
@@ -23,12 +22,11 @@ from .. import audit, events, users
 from ..errors import ApiError, retry_after_seconds
 from ..models import Status
 from ..schemas.parsing import parse_event_id, parse_query, validate
-from ..schemas.requests import PAYLOAD_ARGUMENT, AuditQuery, DlqReplay, EventQuery
-from ..schemas.search import parse_moment
+from ..schemas.requests import AuditQuery, DlqReplay, EventQuery
 from ..security import limit_failed_logins
 from ..stats import snapshot
 from ..tasks.queue import QUEUE_ERRORS, get_queue
-from . import bp
+from . import bp, search
 from .access import (
     is_background_request,
     log_in,
@@ -148,85 +146,21 @@ def _filters(names: tuple[str, ...]) -> dict[str, str]:
     return {name: request.args.get(name, "").strip() for name in names}
 
 
-EVENT_FILTERS = (
-    "status",
-    "type",
-    "user",
-    "q",
-    "created_after",
-    "created_before",
-    "error_group",
-    "limit",
-)
-# What the search fields' 400s say on the page, in the page's own words.
-SEARCH_MESSAGES = {
-    "invalid_q": "Id or prefix: give a full event id or at least its first 8 hex digits, "
-    "like 0b5e3c1a.",
-    "invalid_created_after": "From: give a date and time in UTC, like 2026-03-01 12:00.",
-    "invalid_created_before": "To: give a date and time in UTC, like 2026-03-01 12:00.",
-    "invalid_error_group": "The error group is a group's number, like 17.",
-}
-PAYLOAD_LINES = "Payload filters are path=value lines, like customer.id=42: {line!r} has no =."
-# A datetime-local field sends a time without a zone: the dashboard shows and takes UTC.
-LOCAL_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?")
-
-
-def _event_filters() -> dict[str, str]:
-    """The Events page's filters; `payload` as path=value lines, from the URL's
-    payload.<path> arguments and the form's field."""
-    filters = _filters(EVENT_FILTERS)
-    filters["q"] = filters["q"] or request.args.get("id", "").strip()  # links of the id box
-    lines = [
-        f"{key.removeprefix(PAYLOAD_ARGUMENT)}={value}"
-        for key, value in request.args.items()
-        if key.startswith(PAYLOAD_ARGUMENT)
-    ]
-    lines += request.args.get("payload", "").splitlines()
-    filters["payload"] = "\n".join(line.strip() for line in lines if line.strip())
-    return filters
-
-
-def _payload_arguments(lines: str) -> dict[str, str]:
-    """Lines of path=value as {"payload.<path>": value}; a line without "=" is a 400."""
-    found = {}
-    for line in lines.splitlines():
-        path, equals, value = line.partition("=")
-        if not equals:
-            raise ApiError(400, "invalid_payload_filter", PAYLOAD_LINES.format(line=line))
-        found[PAYLOAD_ARGUMENT + path.strip()] = value.strip()
-    return found
-
-
-def _utc(moment: str) -> str:
-    return f"{moment}Z" if LOCAL_TIME.fullmatch(moment) else moment
-
-
-def _local_time(moment: str) -> str:
-    """A filter's time as a datetime-local field shows it (UTC), or as typed if it is none."""
-    try:
-        return parse_moment(_utc(moment)).strftime("%Y-%m-%dT%H:%M:%S")
-    except ValueError:
-        return moment
-
-
 def _page_of_events(filters: dict[str, str], **fixed: str) -> tuple[events.Page | None, str | None]:
     """(page, error): a page of events for the filters, or the reason they are not valid."""
     args = {
         "page": request.args.get("page"),
         "limit": filters.get("limit") or str(DEFAULT_PAGE_SIZE),
-        "status": fixed.get("status", filters.get("status")),
-        **{name: filters.get(name) for name in ("type", "user", "q", "error_group")},
-        **{name: _utc(filters.get(name) or "") for name in ("created_after", "created_before")},
     }
     try:
-        args.update(_payload_arguments(filters.get("payload", "")))
+        args.update(search.query_arguments({**filters, **fixed}))
         # A form's empty field is no filter.
         query = parse_query(EventQuery, {k: v for k, v in args.items() if v})
         page = events.list_events(_viewer(), query.to_filter(), limit=query.limit, page=query.page)
     except ApiError as exc:
         if exc.code == "page_too_deep":
             return None, _too_deep_message(filters)
-        return None, SEARCH_MESSAGES.get(exc.code, exc.message)
+        return None, search.MESSAGES.get(exc.code, exc.message)
     return page, None
 
 
@@ -250,7 +184,7 @@ def _shareable_url(endpoint: str, filters: dict[str, str], page_no: int = 1) -> 
     }
     if filters.get("payload"):
         try:
-            args.update(_payload_arguments(filters["payload"]))
+            args.update(search.payload_arguments(filters["payload"]))
         except ApiError:
             args["payload"] = filters["payload"]  # the page says what is wrong with it
     if page_no > 1:
@@ -288,7 +222,7 @@ def _render_listing(
 
 @bp.get("/events")
 def list_events() -> ResponseReturnValue:
-    filters = _event_filters()
+    filters = {**search.read_filters(request.args), **_filters(("limit",))}
     page, error = _page_of_events(filters)
     return _render_listing(
         "dashboard/events.html",
@@ -298,7 +232,7 @@ def list_events() -> ResponseReturnValue:
         page,
         error,
         statuses=STATUSES,
-        times={name: _local_time(filters[name]) for name in ("created_after", "created_before")},
+        times={name: search.field_time(filters[name]) for name in search.TIMES},
         without_group=_shareable_url("dashboard.list_events", {**filters, "error_group": ""}),
     )
 
