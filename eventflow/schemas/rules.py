@@ -137,8 +137,7 @@ DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 
 
-def whole_number(raw: Any) -> Any:
-    """A query string's whole number as an int (other values pass to the field's own check)."""
+def _whole_number(raw: Any) -> Any:
     # ASCII digits only: isdigit() alone admits digits int() refuses ("²"), and int() refuses
     # numbers of more than 4,300 digits; either would be a 500 instead of a 400.
     if isinstance(raw, str):
@@ -151,13 +150,13 @@ def whole_number(raw: Any) -> Any:
 Limit = Annotated[
     int,
     Field(ge=1, le=MAX_LIMIT, description="Items per page."),
-    BeforeValidator(whole_number),
+    BeforeValidator(_whole_number),
     Invalid("invalid_limit", f"must be a whole number >= 1 and at most {MAX_LIMIT}"),
 ]
 PageNumber = Annotated[
     int,
     Field(ge=1, description="A numbered page (page × limit at most 10,000; then use cursor)."),
-    BeforeValidator(whole_number),
+    BeforeValidator(_whole_number),
     Invalid("invalid_page", "must be a whole number >= 1"),
 ]
 

@@ -19,7 +19,7 @@ from pydantic import BeforeValidator, Field, PlainValidator, Strict, WithJsonSch
 from pydantic.json_schema import SkipJsonSchema
 
 from ..filters import PayloadMatch, Scalar, id_range
-from .rules import Invalid, whole_number
+from .rules import Invalid, _whole_number
 
 # --- when ----------------------------------------------------------------------------------------
 
@@ -85,7 +85,8 @@ _GROUP_ID = Field(
     ge=1, le=MAX_GROUP_ID, description="The id of an error group (GET /error-groups)."
 )
 _GROUP_INVALID = Invalid("invalid_error_group", "must be an error group's id (a whole number >= 1)")
-ErrorGroupId = Annotated[int, _GROUP_ID, BeforeValidator(whole_number), _GROUP_INVALID]
+# In a query string its ASCII digits, read as rules.py reads page numbers.
+ErrorGroupId = Annotated[int, _GROUP_ID, BeforeValidator(_whole_number), _GROUP_INVALID]
 # In a JSON body a number, not its text.
 ErrorGroupIdJson = Annotated[int, Strict(), _GROUP_ID, _GROUP_INVALID]
 
