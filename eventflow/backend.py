@@ -150,8 +150,8 @@ class PostgreSQL:
         nested: Any = value
         for key in reversed(path):
             nested = {key: nested}
-        # Coerced: the column is JSON (JSONB on PostgreSQL), whose own contains() is a LIKE.
-        return type_coerce(Event.payload, JSONB).contains(type_coerce(nested, JSONB))
+        # The column's type is JSON with a JSONB variant: as JSON, contains() would be LIKE.
+        return type_coerce(Event.payload, JSONB).contains(nested)
 
 
 def _sqlite_pragmas(dbapi_connection: SQLiteConnection, _record: ConnectionPoolEntry) -> None:
@@ -200,6 +200,9 @@ class SQLite:
         field = func.json_extract(Event.payload, json_path)
         if isinstance(value, str):
             return and_(kind == "text", field == value)
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            # SQLite's integers are 64-bit: it reads a larger one in a payload as a real.
+            value = float(value)
         return and_(kind.in_(("integer", "real")), field == value)
 
 

@@ -160,6 +160,14 @@ class Event(Model):
             postgresql_where=text("error_group_id IS NOT NULL"),
             sqlite_where=text("error_group_id IS NOT NULL"),
         ),
+        # Payload search (payload.<path>=<value>) is JSONB containment, which this serves; on
+        # PostgreSQL only (the embedded SQLite reads the JSON with json_extract instead).
+        Index(
+            "ix_events_payload",
+            "payload",
+            postgresql_using="gin",
+            postgresql_ops={"payload": "jsonb_path_ops"},
+        ).ddl_if(dialect="postgresql"),
         # Recent latencies (the embedded mode's dashboard) read the newest processed events.
         Index(
             "ix_events_processed_at",

@@ -183,7 +183,7 @@ def test_bulk_action_requests_are_checked_and_bad_ones_change_nothing(
         ({"action": "delete"}, "invalid_action"),
         ({"action": "replay", "filter": {"status": "PROCESSED"}}, "invalid_status"),
         ({"action": "replay", "filter": {"colour": "red"}}, "unknown_field"),
-        ({"action": "replay", "filter": {"created_after": "yesterday"}}, "invalid_time"),
+        ({"action": "replay", "filter": {"created_after": "yesterday"}}, "invalid_created_after"),
         ({"action": "replay", "filter": {"payload": {"a..b": 1}}}, "invalid_payload_filter"),
         ({"action": "replay", "dry_run": "yes"}, "invalid_dry_run"),
         ([], "invalid_body"),

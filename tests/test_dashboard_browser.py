@@ -343,13 +343,13 @@ def test_events_filters_paginate_and_the_url_shares_the_view(app, live_server, a
     expect(shared.get_by_label("Type")).to_have_value("ORDER_CREATED")
     shared.close()
 
-    page.get_by_label("Event id").fill(wanted)
+    page.get_by_label("Id or prefix").fill(wanted)
     expect(rows).to_have_count(1)
-    expect(page).to_have_url(re.compile(f"id={wanted}"))
+    expect(page).to_have_url(re.compile(f"q={wanted}"))
     rows.first.get_by_role("link").first.click()
     expect(page).to_have_url(re.compile(f"/dashboard/events/{wanted}$"))
     page.go_back()
-    expect(page).to_have_url(re.compile(f"id={wanted}"))
+    expect(page).to_have_url(re.compile(f"q={wanted}"))
     expect(rows).to_have_count(1)
 
 

@@ -31,8 +31,9 @@ READ_ACTION = {
     errors={
         **ADMIN_ERRORS,
         400: "invalid_json, invalid_body, unknown_field, invalid_action, invalid_status "
-        "(only FAILED), invalid_type, invalid_user, invalid_time, invalid_q, "
-        "invalid_payload_filter, invalid_error_group, invalid_dry_run, invalid_note.",
+        "(only FAILED), invalid_type, invalid_user, invalid_created_after, "
+        "invalid_created_before, invalid_q, invalid_payload_filter, invalid_error_group, "
+        "invalid_dry_run, invalid_note.",
         413: "",
     },
     description="200 {matched}: a dry run, nothing changed. 202: the matching events are "
@@ -40,7 +41,7 @@ READ_ACTION = {
     links={202: READ_ACTION},
 )
 def create_bulk_action(body: BulkActionRequest) -> tuple[dict[str, object], int]:
-    event_filter = body.filter.event_filter()
+    event_filter = body.filter.to_filter()
     if body.dry_run:
         return {"matched": bulk_actions.count_matching(acting_user(), event_filter)}, 200
     bulk = bulk_actions.create_bulk_action(acting_user(), body.action, event_filter, body.note)

@@ -6,7 +6,6 @@ from flask import g, request
 
 from .. import events, ingest
 from ..errors import ApiError
-from ..filters import EventFilter
 from ..schemas.requests import EventPath, EventQuery, IngestHeaders, NewEvent, NewEvents
 from ..schemas.responses import (
     BatchAccepted,
@@ -138,10 +137,24 @@ def get_event(event_id: uuid.UUID) -> EventDetail:
 
 LISTING_ERRORS = {
     400: "invalid_page, invalid_limit, invalid_cursor, invalid_status, invalid_type, "
-    "invalid_user, page_and_cursor, page_too_deep (page × limit over 10,000: use cursor).",
+    "invalid_user, invalid_created_after, invalid_created_before, invalid_error_group, "
+    "invalid_q (an id prefix needs 8 hex digits), invalid_payload_filter, page_and_cursor, "
+    "page_too_deep (page × limit over 10,000: use cursor).",
     401: "",
     503: "",
 }
+SEARCH = """By page number (with the total), or by cursor (`cursor=` to start, then
+`next_cursor` until it is null; stable while events arrive). Every filter holds in both ways
+and they AND together:
+
+- `created_after` (inclusive) and `created_before` (exclusive): an ISO 8601 time with its zone,
+  or a date (midnight UTC). In a URL, write the `+` of a zone as `%2B`.
+- `q`: an event id, or its first 8 or more hex digits.
+- `error_group`: the id of the error group of the event's latest failure.
+- `payload.<dotted.path>=<value>`, any number up to 10: the payload's field at that path
+  (1-8 keys of `A-Za-z0-9_-`) equals the value, read as a JSON scalar: `42` and `4.2` are
+  numbers, `true`/`false`/`null` themselves, `"42"` (quoted) is the string 42, anything else
+  is a string. Example: `?payload.customer.id=42&payload.vip=true`."""
 
 
 @bp.get("/events")
@@ -153,13 +166,12 @@ LISTING_ERRORS = {
     query=EventQuery,
     responses={200: EventPage},
     errors=LISTING_ERRORS,
-    description="By page number (with the total), or by cursor (`cursor=` to start, then "
-    "`next_cursor` until it is null; stable while events arrive).",
+    description=SEARCH,
 )
 def list_events(query: EventQuery) -> EventPage:
     page = events.list_events(
         current_viewer(),
-        EventFilter(status=query.status, type=query.type, user=query.user),
+        query.to_filter(),
         limit=query.limit,
         page=query.page,
         after=query.cursor,

@@ -172,6 +172,8 @@ def _parameters(
     found = []
     for name, field in model.model_fields.items():
         wire_name = field.alias or name
+        if wire_name not in properties:  # SkipJsonSchema: the operation's description tells
+            continue
         schema = dict(properties[wire_name])
         if not field.is_required():
             schema = _without_null(schema)

@@ -7,10 +7,8 @@ progress, polling each second while it runs.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping
-from typing import Any
 
 from flask import g, make_response, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
@@ -18,41 +16,21 @@ from flask.typing import ResponseReturnValue
 from .. import bulk_actions, users
 from ..bulk_actions import ACTIONS
 from ..errors import ApiError
-from ..schemas.parsing import validate
-from ..schemas.requests import BulkActionPath, BulkFilter
+from ..filters import EventFilter
+from ..schemas.parsing import parse_query, validate
+from ..schemas.requests import BulkActionPath, EventQuery
 from . import bp
 from .access import wants_fragment
+from .search import query_arguments, read_filters
 
-# Filter fields of the Events and DLQ forms a bulk action understands; `id` is the Events
-# page's search by id (a whole id is also a prefix), `payload.<path>` its payload filters.
-FIELDS = ("status", "type", "user", "error_group", "created_after", "created_before", "q")
 MAX_NOTE = 1000
 
 
-def _scalar(raw: str) -> Any:
-    """A payload filter's value as the JSON scalar it spells (number, true, "text"), else text."""
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return raw
-    return value if value is None or isinstance(value, bool | int | float | str) else raw
-
-
-def parse_form_filter(form: Mapping[str, str]) -> BulkFilter:
-    """A filter form's fields (empty ones are no filter) as the API's bulk filter, or a 400."""
-    data: dict[str, Any] = {k: form[k].strip() for k in FIELDS if form.get(k, "").strip()}
-    if form.get("id", "").strip():
-        data["q"] = form["id"].strip()
-    if data.get("error_group", "").isdigit():
-        data["error_group"] = int(data["error_group"])
-    payload = {
-        key.removeprefix("payload."): _scalar(value)
-        for key, value in form.items()
-        if key.startswith("payload.") and value.strip()
-    }
-    if payload:
-        data["payload"] = payload
-    return validate(BulkFilter, data, "query")
+def parse_form_filter(form: Mapping[str, str]) -> tuple[EventFilter, dict[str, str]]:
+    """A filtered view's form (the Events or DLQ page's fields, read as the Events page reads
+    them) as the filter and the GET /events arguments that spell it; a 400 if one is bad."""
+    arguments = query_arguments(read_filters(form))
+    return parse_query(EventQuery, arguments).to_filter(), arguments
 
 
 def _action(raw: str | None) -> str:
@@ -65,31 +43,22 @@ def _action(raw: str | None) -> str:
 def preview_bulk_action() -> ResponseReturnValue:
     """The dry run: how many FAILED events the view's filters match, and a confirmation."""
     action = _action(request.args.get("action"))
-    bulk_filter = parse_form_filter(request.args)
-    matched = bulk_actions.count_matching(g.user, bulk_filter.event_filter())
+    where, arguments = parse_form_filter(request.args)
     return render_template(
         "dashboard/partials/bulk_confirm.html",
         action=action,
-        matched=matched,
-        filtered=bool(bulk_filter.event_filter().as_dict()),
-        fields=_as_form_fields(bulk_filter),
+        matched=bulk_actions.count_matching(g.user, where),
+        filtered=bool(arguments),
+        fields=list(arguments.items()),  # hidden fields, read back by parse_form_filter
     )
-
-
-def _as_form_fields(bulk_filter: BulkFilter) -> list[tuple[str, str]]:
-    """The filter as hidden form fields, as parse_form_filter reads them back."""
-    given = bulk_filter.model_dump(mode="json", exclude_none=True)
-    fields = [(k, str(v)) for k, v in given.items() if k != "payload"]
-    fields += [(f"payload.{k}", json.dumps(v)) for k, v in (bulk_filter.payload or {}).items()]
-    return fields
 
 
 @bp.post("/bulk")
 def create_bulk_action() -> ResponseReturnValue:
     action = _action(request.form.get("action"))
-    bulk_filter = parse_form_filter(request.form)
+    where, _ = parse_form_filter(request.form)
     note = request.form.get("note", "").strip()[:MAX_NOTE] or None
-    bulk = bulk_actions.create_bulk_action(g.user, action, bulk_filter.event_filter(), note)
+    bulk = bulk_actions.create_bulk_action(g.user, action, where, note)
     target = url_for("dashboard.show_bulk_action", action_id=bulk.id)
     if wants_fragment():
         response = make_response("", 204)

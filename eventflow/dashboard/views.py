@@ -20,15 +20,13 @@ from flask_wtf.csrf import CSRFError
 
 from .. import audit, events, ingest, users
 from ..errors import ApiError, retry_after_seconds
-from ..filters import EventFilter
 from ..models import Status
 from ..schemas.parsing import parse_event_id, parse_json, parse_query, validate
 from ..schemas.requests import AuditQuery, DlqReplay, EventQuery
-from ..schemas.rules import parse_uuid
 from ..security import limit_failed_logins
 from ..stats import snapshot
 from ..tasks.queue import QUEUE_ERRORS, get_queue
-from . import bp
+from . import bp, search
 from .access import (
     is_background_request,
     log_in,
@@ -150,30 +148,19 @@ def _filters(names: tuple[str, ...]) -> dict[str, str]:
 
 def _page_of_events(filters: dict[str, str], **fixed: str) -> tuple[events.Page | None, str | None]:
     """(page, error): a page of events for the filters, or the reason they are not valid."""
-    event_id = parse_uuid(filters.get("id"))
-    if filters.get("id") and event_id is None:
-        return None, "An event id is a full UUID, like 0b5e3c1a-4f0e-4d8e-9a51-2f3c7d9e1b20."
     args = {
         "page": request.args.get("page"),
         "limit": filters.get("limit") or str(DEFAULT_PAGE_SIZE),
-        "status": fixed.get("status", filters.get("status")),
-        "type": filters.get("type"),
-        "user": filters.get("user"),
     }
     try:
+        args.update(search.query_arguments({**filters, **fixed}))
         # A form's empty field is no filter.
         query = parse_query(EventQuery, {k: v for k, v in args.items() if v})
-        where = EventFilter(
-            status=query.status,
-            type=query.type,
-            user=query.user,
-            id_range=(event_id, event_id) if event_id else None,
-        )
-        page = events.list_events(_viewer(), where, limit=query.limit, page=query.page)
+        page = events.list_events(_viewer(), query.to_filter(), limit=query.limit, page=query.page)
     except ApiError as exc:
         if exc.code == "page_too_deep":
             return None, _too_deep_message(filters)
-        return None, exc.message
+        return None, search.MESSAGES.get(exc.code, exc.message)
     return page, None
 
 
@@ -188,8 +175,18 @@ def _too_deep_message(filters: dict[str, str]) -> str:
 
 
 def _shareable_url(endpoint: str, filters: dict[str, str], page_no: int = 1) -> str:
-    """The listing's URL with only the filters in use, so it reads well and can be shared."""
-    args: dict[str, Any] = {k: v for k, v in filters.items() if v and v != str(DEFAULT_PAGE_SIZE)}
+    """The listing's URL with only the filters in use, so it reads well and can be shared;
+    payload filters as payload.<path>=<value>."""
+    args: dict[str, Any] = {
+        k: v
+        for k, v in filters.items()
+        if v and k != "payload" and not (k == "limit" and v == str(DEFAULT_PAGE_SIZE))
+    }
+    if filters.get("payload"):
+        try:
+            args.update(search.payload_arguments(filters["payload"]))
+        except ApiError:
+            args["payload"] = filters["payload"]  # the page says what is wrong with it
     if page_no > 1:
         args["page"] = page_no
     return url_for(endpoint, **args)
@@ -225,7 +222,7 @@ def _render_listing(
 
 @bp.get("/events")
 def list_events() -> ResponseReturnValue:
-    filters = _filters(("status", "type", "user", "id", "limit"))
+    filters = {**search.read_filters(request.args), **_filters(("limit",))}
     page, error = _page_of_events(filters)
     return _render_listing(
         "dashboard/events.html",
@@ -235,6 +232,8 @@ def list_events() -> ResponseReturnValue:
         page,
         error,
         statuses=STATUSES,
+        times={name: search.field_time(filters[name]) for name in search.TIMES},
+        without_group=_shareable_url("dashboard.list_events", {**filters, "error_group": ""}),
     )
 
 

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import functools
 import uuid
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from ..audit import ACTIONS, Action
-from ..filters import EventFilter, id_range
-from ..models import Status
+from ..filters import EventFilter, PayloadMatch
 from .rules import (
     DEFAULT_LIMIT,
     Cursor,
@@ -29,6 +27,15 @@ from .rules import (
     PageNumber,
     Payload,
     StatusFilter,
+)
+from .search import (
+    CreatedAfter,
+    CreatedBefore,
+    ErrorGroupId,
+    ErrorGroupIdJson,
+    IdSearch,
+    PayloadBody,
+    PayloadQuery,
 )
 
 NOT_AN_OBJECT = Invalid("invalid_body", "must be a JSON object")
@@ -190,12 +197,69 @@ UserRef = Annotated[
 ]
 
 
-class EventQuery(_Paged):
-    """GET /events: newest first. page=None after validation means cursor paging."""
+class EventFilterFields(BaseModel):
+    """The fields that select events, for a query string (EventQuery) or a JSON body
+    (EventFilterBody); `to_filter()` makes the one EventFilter every listing and bulk action
+    uses (eventflow/filters.py)."""
 
     status: StatusFilter | None = None
     type: EventType | None = None
     user: UserRef | None = Field(None, description="Admins only: the owner's id or e-mail.")
+    error_group: ErrorGroupId | None = None
+    created_after: CreatedAfter | None = None
+    created_before: CreatedBefore | None = None
+    q: IdSearch | None = None
+    payload: tuple[PayloadMatch, ...] = ()  # parsed by each subclass's own rule
+
+    def to_filter(self) -> EventFilter:
+        return EventFilter(
+            status=self.status,
+            type=self.type,
+            user=self.user,
+            error_group=self.error_group,
+            created_after=self.created_after,
+            created_before=self.created_before,
+            id_range=self.q,
+            payload=self.payload,
+        )
+
+
+PAYLOAD_ARGUMENT = "payload."
+
+
+class EventQuery(_Paged, EventFilterFields):
+    """GET /events: newest first. page=None after validation means cursor paging.
+
+    `payload.<dotted.path>=<value>` arguments (any number up to 10) become `payload`.
+    """
+
+    payload: PayloadQuery = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_payload_arguments(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if k != "payload"}
+            gathered = {
+                key.removeprefix(PAYLOAD_ARGUMENT): value
+                for key, value in data.items()
+                if isinstance(key, str) and key.startswith(PAYLOAD_ARGUMENT)
+            }
+            if gathered:
+                data["payload"] = gathered
+        return data
+
+
+class EventFilterBody(JsonObject, EventFilterFields):
+    """Which events, as a JSON object (bulk actions): the fields of GET /events, with
+    `payload` as `{"dotted.path": <JSON scalar>}`."""
+
+    # Lax, unlike other bodies, for the status alone: a strict enum refuses its text. Lax mode
+    # still turns no number into a string, and the other fields parse with their own rules.
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    error_group: ErrorGroupIdJson | None = None
+    payload: PayloadBody = ()
 
 
 class DlqQuery(_Paged):
@@ -207,78 +271,6 @@ class DlqQuery(_Paged):
 # --- bulk actions and edits ----------------------------------------------------------------------
 
 
-def _iso_time(raw: Any) -> Any:
-    # Text only (a strict model takes no number as a time), read as ISO 8601.
-    if not isinstance(raw, str):
-        raise ValueError("not text")
-    return datetime.fromisoformat(raw)
-
-
-Moment = Annotated[
-    AwareDatetime,
-    BeforeValidator(_iso_time),
-    Field(description="ISO 8601 with a zone, e.g. 2026-01-31T12:00:00Z."),
-    Invalid("invalid_time", "must be an ISO 8601 time with a zone, like 2026-01-31T12:00:00Z"),
-]
-PayloadPath = Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")]
-PayloadMatch = Annotated[
-    dict[PayloadPath, str | int | float | bool | None],
-    Field(max_length=10, description="Dotted path -> JSON scalar; all must match."),
-    Invalid("invalid_payload_filter", "must map up to 10 dotted paths (a.b.c) to JSON scalars"),
-]
-IdPrefix = Annotated[
-    str,
-    Field(pattern=r"^[0-9a-fA-F-]{8,36}$"),
-    Invalid("invalid_q", "must be an event id or an id prefix of at least 8 hex characters"),
-]
-
-
-def _status_member(raw: Any) -> Any:
-    # A strict model takes only enum members: the JSON string names one (case-insensitive).
-    if isinstance(raw, str) and raw.upper() in Status.__members__:
-        return Status[raw.upper()]
-    return raw
-
-
-BulkStatus = Annotated[
-    Status,
-    BeforeValidator(_status_member),
-    Field(description="Case-insensitive."),
-    Invalid("invalid_status", f"must be one of {', '.join(Status.__members__)}"),
-]
-FilterGroupId = Annotated[int, Field(ge=1), Invalid("invalid_error_group", "must be a group's id")]
-
-
-class BulkFilter(JsonObject):
-    """Which events: the filters of GET /events, ANDed. Bulk actions touch FAILED ones only."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    status: BulkStatus | None = Field(None, description="FAILED, or left out.")
-    type: EventType | None = None
-    user: UserRef | None = None
-    error_group: FilterGroupId | None = None
-    created_after: Moment | None = None
-    created_before: Moment | None = None
-    q: IdPrefix | None = None
-    payload: PayloadMatch | None = None
-
-    def event_filter(self) -> EventFilter:
-        return EventFilter(
-            status=self.status,
-            type=self.type,
-            user=self.user,
-            error_group=self.error_group,
-            created_after=self.created_after,
-            created_before=self.created_before,
-            id_range=id_range(self.q) if self.q else None,
-            payload=tuple(
-                (tuple(path.split(".")), value)
-                for path, value in sorted((self.payload or {}).items())
-            ),
-        )
-
-
 class BulkActionRequest(JsonObject):
     """POST /bulk-actions."""
 
@@ -287,7 +279,7 @@ class BulkActionRequest(JsonObject):
     action: Annotated[
         Literal["replay", "discard"], Invalid("invalid_action", "must be replay or discard")
     ]
-    filter: BulkFilter = Field(default_factory=lambda: BulkFilter.model_validate({}))
+    filter: EventFilterBody = Field(default_factory=lambda: EventFilterBody.model_validate({}))
     dry_run: Annotated[bool, Invalid("invalid_dry_run", "must be true or false")] = False
     note: Annotated[
         str | None, Field(max_length=1000), Invalid("invalid_note", "must be text, at most 1000")

@@ -92,6 +92,19 @@
     showToast("The server cannot be reached. Retrying when you act again.");
   });
 
+  /* --- removable filter chips -------------------------------------------------------------- */
+
+  // A chip's × is a link to the view without it (for when scripts are off); here it removes
+  // the chip with its hidden field and re-sends the form, so the other filters stay as they are.
+  document.addEventListener("click", (event) => {
+    const remove = event.target.closest(".chip-remove");
+    const form = remove && remove.closest("form");
+    if (!form) return;
+    event.preventDefault();
+    remove.closest(".chip").remove();
+    form.requestSubmit();
+  });
+
   /* --- throughput chart -------------------------------------------------------------------- */
 
   const SERIES = [
