@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, Select, func, select, tuple_
 
+from . import counts
 from .errors import ApiError
 from .extensions import db
 from .models import Event, EventAttempt, Status, User
@@ -42,7 +43,7 @@ class Page:
     """A page of a listing: by number (with the total) or after a cursor (page and total None).
 
     `last` is the position of its last item when more items follow (where the next page
-    starts), else None.
+    starts), else None. A `capped` total means more than counts.CAP ("10,000+").
     """
 
     items: list[Event]
@@ -50,6 +51,7 @@ class Page:
     last: Position | None = None
     page: int | None = None
     total: int | None = None
+    capped: bool = False
 
     @property
     def pages(self) -> int | None:
@@ -114,9 +116,12 @@ def list_events(
             # the row value is an index range on the (…, created_at) indexes.
             newest_first = newest_first.where(tuple_(Event.created_at, Event.id) < after)
         return _page_of(list(db.session.scalars(newest_first)), limit)
-    total = db.session.scalar(select(func.count()).select_from(Event).where(*conditions))
+    if viewer.is_admin and not (user or event_id):
+        total = counts.count_events(status, event_type)  # exact, from the counters
+    else:
+        total = counts.count_matching(conditions)
     rows = db.session.scalars(newest_first.offset((page - 1) * limit))
-    return _page_of(list(rows), limit, page=page, total=total or 0)
+    return _page_of(list(rows), limit, page=page, total=total)
 
 
 def _listing_conditions(
@@ -152,11 +157,20 @@ def _check_depth(page: int, limit: int) -> None:
         )
 
 
-def _page_of(rows: list[Event], limit: int, **numbered: int) -> Page:
+def _page_of(
+    rows: list[Event], limit: int, page: int | None = None, total: counts.Total | None = None
+) -> Page:
     """A Page from up to limit + 1 rows, with its last item's position if more follow."""
     items = rows[:limit]
     last = (items[-1].created_at, items[-1].id) if len(rows) > limit else None
-    return Page(items=items, limit=limit, last=last, **numbered)
+    return Page(
+        items=items,
+        limit=limit,
+        last=last,
+        page=page,
+        total=total.count if total else None,
+        capped=total.capped if total else False,
+    )
 
 
 def _user_ids_matching(user: str) -> Select[tuple[uuid.UUID]]:
@@ -189,12 +203,4 @@ def replay_dlq(event_type: str | None = None) -> int:
 
 def count_dlq_by_type() -> list[tuple[str, int]]:
     """(type, count) of the FAILED events, largest first (the DLQ's replay-by-type picker)."""
-    count = func.count().label("n")
-    rows = db.session.execute(
-        select(Event.type, count)
-        .where(Event.status == Status.FAILED.value)
-        .group_by(Event.type)
-        .order_by(count.desc(), Event.type)
-        .limit(MAX_DLQ_TYPES)
-    )
-    return [(row.type, row.n) for row in rows]
+    return counts.count_by_type(Status.FAILED.value, MAX_DLQ_TYPES)

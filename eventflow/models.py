@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    SmallInteger,
     String,
     Text,
     TypeDecorator,
@@ -207,3 +208,21 @@ class StatBucket(Model):
     second: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     metric: Mapped[str] = mapped_column(String(16), primary_key=True)
     count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class EventCount(Model):
+    """How many events have each (type, status): kept by triggers on `events` (migration 0010).
+
+    Every INSERT, status change and DELETE of events adjusts these rows in its own transaction,
+    whatever code path runs it, so the dashboard, /metrics and listing totals read a few rows
+    instead of counting millions. On PostgreSQL each key is split over SHARDS rows (chosen by
+    the writing backend) so concurrent ingests and completions do not queue on one row lock;
+    readers sum them.
+    """
+
+    __tablename__ = "event_counts"
+
+    type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)

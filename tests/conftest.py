@@ -31,7 +31,7 @@ from tests.processes import (
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eventflow_test"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
-TABLES = "event_attempts, events, revoked_tokens, users, workers, stat_buckets"
+TABLES = "event_attempts, events, revoked_tokens, users, workers, stat_buckets, event_counts"
 # Fast pipeline settings so retry and recovery tests finish in seconds.
 FAST_PIPELINE = {
     "EVENTFLOW_RETRY_BASE_SECONDS": "0.05",
