@@ -24,12 +24,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import redis
 from flask import Flask, current_app
 from huey import RedisHuey, SqliteHuey
-from sqlalchemy import Engine
+from sqlalchemy import ColumnElement, Engine, and_, func, type_coerce
 from sqlalchemy import event as sa_event
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import JSONB
 
 from .config import Settings
-from .models import StatBucket
+from .models import Event, StatBucket
 from .tasks import transitions
 from .tasks.counters import Counters, DatabaseCounters, RedisCounters
 
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from sqlite3 import Connection as SQLiteConnection
 
     from sqlalchemy.pool import ConnectionPoolEntry
+
+    from .filters import Scalar
 
 BACKEND_KEY = "eventflow.backend"
 QUEUE_NAME = "eventflow"
@@ -100,6 +103,10 @@ class Database(Protocol):
         self, done: list[tuple[transitions.ClaimedEvent, str]]
     ) -> dict[uuid.UUID, float]: ...
 
+    def payload_equals(self, path: tuple[str, ...], value: Scalar) -> ColumnElement[bool]:
+        """The event's payload has this JSON scalar at this path (eventflow/filters.py)."""
+        ...
+
 
 class PostgreSQL:
     name = "postgresql"
@@ -129,6 +136,14 @@ class PostgreSQL:
         self, done: list[tuple[transitions.ClaimedEvent, str]]
     ) -> dict[uuid.UUID, float]:
         return transitions.complete_events(done)
+
+    def payload_equals(self, path: tuple[str, ...], value: Scalar) -> ColumnElement[bool]:
+        # Containment, which the GIN jsonb_path_ops index on payload serves: 1 matches 1.0,
+        # "1" does not match 1.
+        nested: Any = value
+        for key in reversed(path):
+            nested = {key: nested}
+        return Event.payload.contains(type_coerce(nested, JSONB))
 
 
 def _sqlite_pragmas(dbapi_connection: SQLiteConnection, _record: ConnectionPoolEntry) -> None:
@@ -164,6 +179,17 @@ class SQLite:
         self, done: list[tuple[transitions.ClaimedEvent, str]]
     ) -> dict[uuid.UUID, float]:
         return transitions.complete_events_portable(done)
+
+    def payload_equals(self, path: tuple[str, ...], value: Scalar) -> ColumnElement[bool]:
+        # SQLite's JSON functions by path, with the JSON type so that "1" does not match 1.
+        json_path = "$" + "".join(f'."{key}"' for key in path)
+        kind = func.json_type(Event.payload, json_path)
+        if value is None or isinstance(value, bool):
+            return kind == {None: "null", True: "true", False: "false"}[value]
+        field = func.json_extract(Event.payload, json_path)
+        if isinstance(value, str):
+            return and_(kind == "text", field == value)
+        return and_(kind.in_(("integer", "real")), field == value)
 
 
 # --- state the processes share --------------------------------------------------------------

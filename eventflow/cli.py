@@ -11,6 +11,7 @@ from flask.cli import AppGroup
 
 from . import events, users
 from .errors import ApiError
+from .filters import EventFilter
 from .models import Role, Status
 from .schemas.parsing import parse_event_id, parse_query, validate
 from .schemas.requests import DlqQuery, DlqReplay
@@ -26,7 +27,13 @@ def _fail(exc: ApiError) -> None:
 
 @users_cli.command("create")
 @click.argument("email")
-@click.option("--admin", is_flag=True, help="Give the user the admin role.")
+@click.option("--admin", is_flag=True, help="Give the user the admin role (same as --role admin).")
+@click.option(
+    "--role",
+    type=click.Choice([role.value for role in Role]),
+    default=None,
+    help="viewer: sees everything, changes nothing; user: its own events; admin: everything.",
+)
 @click.option(
     "--password",
     prompt=True,
@@ -34,10 +41,12 @@ def _fail(exc: ApiError) -> None:
     confirmation_prompt=True,
     help="The password (prompted for when not given).",
 )
-def create_user(email: str, admin: bool, password: str) -> None:
+def create_user(email: str, admin: bool, role: str | None, password: str) -> None:
     """Create a user account."""
+    if admin and role not in (None, Role.ADMIN.value):
+        raise click.UsageError("--admin and --role must agree (or give only one)")
     try:
-        user = users.create_user(email, password, admin=admin)
+        user = users.create_user(email, password, admin=admin, role=role)
     except ApiError as exc:
         _fail(exc)
     click.echo(f"created {user.role} {user.email} ({user.id})")
@@ -110,10 +119,9 @@ def dlq_list(event_type: str | None, limit: str) -> None:
         query = parse_query(DlqQuery, args)
         page = events.list_events(
             # An admin of no account (the nil id): admins' listings filter by no user.
-            events.Viewer(user_id=uuid.UUID(int=0), is_admin=True),
+            events.Viewer(user_id=uuid.UUID(int=0), role=Role.ADMIN.value),
+            EventFilter(status=Status.FAILED, type=query.type),
             limit=query.limit,
-            status=Status.FAILED,
-            event_type=query.type,
         )
     except ApiError as exc:
         _fail(exc)
@@ -131,11 +139,11 @@ def dlq_replay(event_id: str | None, event_type: str | None) -> None:
     """Replay one DLQ event by id, or every DLQ event (of a type)."""
     try:
         if event_id:
-            events.replay_event(parse_event_id(event_id))
+            events.replay_event(parse_event_id(event_id), None)
             click.echo(f"replayed {event_id}")
         else:
             replay = validate(DlqReplay, {"type": event_type}, "body")
-            click.echo(f"replayed {events.replay_dlq(replay.type)} event(s)")
+            click.echo(f"replayed {events.replay_dlq(None, replay.type)} event(s)")
     except ApiError as exc:
         _fail(exc)
 

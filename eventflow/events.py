@@ -8,23 +8,24 @@ from __future__ import annotations
 
 import math
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from sqlalchemy import ColumnElement, Select, func, select, tuple_
+from sqlalchemy import select, tuple_
 
-from . import counts
+from . import audit, counts, filters
 from .errors import ApiError
 from .extensions import db
-from .models import Event, EventAttempt, Status, User
+from .filters import EventFilter
+from .models import STAFF_ROLES, Event, EventAttempt, Role, Status, User
 from .schemas.rules import (
     DEFAULT_LIMIT,
     Position,
-    parse_uuid,
 )
 from .tasks import transitions
 from .tasks.queue import get_queue
 
 MAX_DLQ_TYPES = 200
+EVERY_EVENT = EventFilter()
 # Numbered pages reach this many rows deep (page * limit): deeper OFFSETs make the database
 # read and discard every row before the page. Past it, clients page by cursor.
 MAX_PAGE_DEPTH = 10_000
@@ -32,10 +33,20 @@ MAX_PAGE_DEPTH = 10_000
 
 @dataclass(frozen=True)
 class Viewer:
-    """Who is asking: the authenticated user's id and whether they are an admin."""
+    """Who is asking: the authenticated user's id and their role (as the database has it now)."""
 
     user_id: uuid.UUID
-    is_admin: bool
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        """May act: replay, edit, bulk actions, pause, status changes."""
+        return self.role == Role.ADMIN.value
+
+    @property
+    def sees_all(self) -> bool:
+        """Sees every user's events and the admin pages (admins and viewers)."""
+        return self.role in STAFF_ROLES
 
 
 @dataclass(frozen=True)
@@ -68,7 +79,7 @@ class Page:
 def get_event(viewer: Viewer, event_id: uuid.UUID) -> Event:
     """The event if the viewer may see it; otherwise the same 404 as for an unknown id."""
     event = db.session.get(Event, event_id)
-    if event is None or (not viewer.is_admin and event.user_id != viewer.user_id):
+    if event is None or (not viewer.sees_all and event.user_id != viewer.user_id):
         raise ApiError(404, "event_not_found", f"no event with id {str(event_id)!r}")
     return event
 
@@ -85,16 +96,13 @@ def list_attempts(event_id: uuid.UUID) -> list[EventAttempt]:
 
 def list_events(
     viewer: Viewer,
+    where: EventFilter = EVERY_EVENT,
     *,
     limit: int = DEFAULT_LIMIT,
     page: int | None = 1,
     after: Position | None = None,
-    status: Status | None = None,
-    event_type: str | None = None,
-    user: str | None = None,
-    event_id: uuid.UUID | None = None,
 ) -> Page:
-    """Newest first; own events, or every event for admins (who may also filter by user).
+    """Newest first; own events, or every event for admins and viewers (eventflow/filters.py).
 
     By page number (with the total) at most MAX_PAGE_DEPTH rows deep (400 page_too_deep
     beyond), or, with `page=None`, after a cursor's position at any depth and without
@@ -102,7 +110,7 @@ def list_events(
     """
     if page is not None:
         _check_depth(page, limit)
-    conditions = _listing_conditions(viewer, status, event_type, user, event_id)
+    conditions = filters.conditions(where, viewer)
     newest_first = (
         select(Event)
         .where(*conditions)
@@ -116,34 +124,12 @@ def list_events(
             # the row value is an index range on the (…, created_at) indexes.
             newest_first = newest_first.where(tuple_(Event.created_at, Event.id) < after)
         return _page_of(list(db.session.scalars(newest_first)), limit)
-    if viewer.is_admin and not (user or event_id):
-        total = counts.count_events(status, event_type)  # exact, from the counters
+    if viewer.sees_all and replace(where, status=None, type=None) == EVERY_EVENT:
+        total = counts.count_events(where.status, where.type)  # exact, from the counters
     else:
         total = counts.count_matching(conditions)
     rows = db.session.scalars(newest_first.offset((page - 1) * limit))
     return _page_of(list(rows), limit, page=page, total=total)
-
-
-def _listing_conditions(
-    viewer: Viewer,
-    status: Status | None,
-    event_type: str | None,
-    user: str | None,
-    event_id: uuid.UUID | None,
-) -> list[ColumnElement[bool]]:
-    """A listing's filters, the same by page and by cursor."""
-    conditions: list[ColumnElement[bool]] = []
-    if not viewer.is_admin:
-        conditions.append(Event.user_id == viewer.user_id)
-    if status:
-        conditions.append(Event.status == status)
-    if event_type:
-        conditions.append(Event.type == event_type)
-    if user and viewer.is_admin:
-        conditions.append(Event.user_id.in_(_user_ids_matching(user)))
-    if event_id:
-        conditions.append(Event.id == event_id)
-    return conditions
 
 
 def _check_depth(page: int, limit: int) -> None:
@@ -173,31 +159,33 @@ def _page_of(
     )
 
 
-def _user_ids_matching(user: str) -> Select[tuple[uuid.UUID]]:
-    """A user filter may be an id or an e-mail address (case-insensitive)."""
-    user_id = parse_uuid(user)
-    if user_id is not None:
-        return select(User.id).where(User.id == user_id)
-    return select(User.id).where(func.lower(User.email) == user.strip().lower())
+def replay_event(event_id: uuid.UUID, actor: User | None) -> uuid.UUID:
+    """Send one FAILED event back to the queue with a fresh retry budget; 409 if not FAILED.
 
-
-def replay_event(event_id: uuid.UUID) -> uuid.UUID:
-    """Send one FAILED event back to the queue with a fresh retry budget; 409 if not FAILED."""
+    The replay and its audit entry commit together.
+    """
     if db.session.get(Event, event_id) is None:
         raise ApiError(404, "event_not_found", f"no event with id {str(event_id)!r}")
-    replayed = transitions.replay_events([event_id])
+    replayed = transitions.replay_events([event_id], commit=False)
     if not replayed:
+        db.session.rollback()
         raise ApiError(409, "not_in_dlq", "only FAILED events can be replayed")
+    audit.record(actor, "replay", target=str(event_id), count=1)
+    db.session.commit()
     get_queue().enqueue(replayed, replayed=len(replayed))
     return event_id
 
 
-def replay_dlq(event_type: str | None = None) -> int:
+def replay_dlq(actor: User | None, event_type: str | None = None) -> int:
     """Replay every FAILED event (of one type, if given); return how many were replayed."""
     total = 0
     for batch in transitions.replay_failed_in_batches(event_type):
         get_queue().enqueue(batch, replayed=len(batch))
         total += len(batch)
+    audit.record(
+        actor, "replay_all", filter={"type": event_type} if event_type else {}, count=total
+    )
+    db.session.commit()
     return total
 
 

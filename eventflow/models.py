@@ -65,6 +65,11 @@ class UTCDateTime(TypeDecorator[datetime]):
 class Role(enum.StrEnum):
     USER = "user"
     ADMIN = "admin"
+    VIEWER = "viewer"  # sees everything an admin sees, changes nothing
+
+
+# Who sees every event and every admin page; only admins act.
+STAFF_ROLES = frozenset({Role.ADMIN.value, Role.VIEWER.value})
 
 
 class Status(enum.StrEnum):
@@ -73,6 +78,7 @@ class Status(enum.StrEnum):
     PROCESSED = "PROCESSED"
     RETRYING = "RETRYING"
     FAILED = "FAILED"
+    DISCARDED = "DISCARDED"  # taken out of the DLQ by an admin; kept, never processed again
 
 
 # Events that should have a message in the queue: the predicate of recovery's partial index,
@@ -103,6 +109,11 @@ class User(Model):
     @property
     def is_admin(self) -> bool:
         return self.role == Role.ADMIN.value
+
+    @property
+    def is_staff(self) -> bool:
+        """Admins and viewers: they see every event and the dashboard."""
+        return self.role in STAFF_ROLES
 
 
 class RevokedToken(Model):
@@ -135,6 +146,14 @@ class Event(Model):
             postgresql_where=text(WAITING_PREDICATE),
             sqlite_where=text(WAITING_PREDICATE),
         ),
+        # The Events page and bulk actions filtered by error group (only failed events have one).
+        Index(
+            "ix_events_error_group_id_created_at",
+            "error_group_id",
+            "created_at",
+            postgresql_where=text("error_group_id IS NOT NULL"),
+            sqlite_where=text("error_group_id IS NOT NULL"),
+        ),
         # Recent latencies (the embedded mode's dashboard) read the newest processed events.
         Index(
             "ix_events_processed_at",
@@ -164,6 +183,8 @@ class Event(Model):
     locked_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
     # The X-Request-ID of the request that created the event, for the worker's log lines.
     request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # The error group of the event's latest failed attempt (None until it fails).
+    error_group_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class EventAttempt(Model):
@@ -208,6 +229,26 @@ class StatBucket(Model):
     second: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     metric: Mapped[str] = mapped_column(String(16), primary_key=True)
     count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class AuditEntry(Model):
+    """One action of an admin (or the CLI): append-only, nothing updates or deletes it."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_action_at", "action", "at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    # Who: the user (None once deleted, or for the command line) and their e-mail as it was.
+    actor_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    actor: Mapped[str] = mapped_column(String(320))
+    action: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str | None] = mapped_column(Text, nullable=True)
+    filter: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class EventCount(Model):

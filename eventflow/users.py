@@ -12,6 +12,7 @@ from sqlalchemy import CursorResult, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from . import audit
 from .errors import ApiError
 from .extensions import db
 from .models import Event, Role, User
@@ -56,19 +57,34 @@ def find_user_by_email(email: str) -> User | None:
     return db.session.scalar(select(User).where(func.lower(User.email) == email.lower()))
 
 
-def create_user(email: object, password: object, *, admin: bool = False) -> User:
-    """Create a user; 400 for a bad e-mail or password, 409 when the e-mail is taken."""
+def create_user(
+    email: object,
+    password: object,
+    *,
+    admin: bool = False,
+    role: object = None,
+    registered: bool = False,
+) -> User:
+    """Create a user; 400 for a bad e-mail, password or role, 409 when the e-mail is taken.
+
+    The role is `role` when given, else admin or user. Audited: by the new user themselves when
+    `registered` (the API's sign-up), else by the command line.
+    """
     address = normalize_email(email)
     secret = check_password(password)
+    wanted = parse_role(role) if role is not None else Role.ADMIN if admin else Role.USER
     if find_user_by_email(address) is not None:
         raise ApiError(409, "email_taken", "an account with this email already exists")
     user = User(
+        id=uuid.uuid4(),
         email=address,
         password_hash=generate_password_hash(secret),
-        role=Role.ADMIN.value if admin else Role.USER.value,
+        role=str(wanted),
     )
     db.session.add(user)
     try:
+        db.session.flush()  # the user's row first: the audit entry refers to it
+        audit.record(user if registered else None, "create_user", target=address, note=str(wanted))
         db.session.commit()
     except IntegrityError:  # a concurrent registration won the race
         db.session.rollback()
@@ -117,6 +133,7 @@ def set_role(email: str, role: object) -> User:
     if user is None:
         raise ApiError(404, "user_not_found", f"no user with email {email!r}")
     user.role = wanted
+    audit.record(None, "set_role", target=user.email, note=wanted)  # the command line
     db.session.commit()
     return user
 

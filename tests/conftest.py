@@ -31,7 +31,10 @@ from tests.processes import (
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eventflow_test"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
-TABLES = "event_attempts, events, revoked_tokens, users, workers, stat_buckets, event_counts"
+TABLES = (
+    "audit_log, event_attempts, events, revoked_tokens, users, workers, stat_buckets, "
+    "event_counts"
+)
 # Fast pipeline settings so retry and recovery tests finish in seconds.
 FAST_PIPELINE = {
     "EVENTFLOW_RETRY_BASE_SECONDS": "0.05",
@@ -123,13 +126,21 @@ def runner(app):
 
 @pytest.fixture
 def make_user(app):
-    """Factory: make_user(email=None, password=..., admin=False) -> (id, email, role)."""
+    """Factory: make_user(email=None, password=..., admin=False, role=None) -> (id, email, role)."""
     from eventflow import users
 
-    def make(email: str | None = None, password: str = "correct-horse", admin: bool = False):
+    def make(
+        email: str | None = None,
+        password: str = "correct-horse",
+        admin: bool = False,
+        role: str | None = None,
+    ):
         with app.app_context():
             user = users.create_user(
-                email or f"user-{uuid.uuid4().hex[:8]}@example.com", password, admin=admin
+                email or f"user-{uuid.uuid4().hex[:8]}@example.com",
+                password,
+                admin=admin,
+                role=role,
             )
             return SimpleNamespace(id=user.id, email=user.email, role=user.role)
 

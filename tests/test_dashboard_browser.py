@@ -354,7 +354,7 @@ def test_events_filters_paginate_and_the_url_shares_the_view(app, live_server, a
 def test_non_admin_is_refused(live_server, make_user, page):
     user = make_user()
     log_in(page, live_server, user.email)
-    expect(page.get_by_role("alert")).to_contain_text("admins only")
+    expect(page.get_by_role("alert")).to_contain_text("admins and viewers only")
     shot(page, "login-refused")
     for path in ["/dashboard/", "/dashboard/events", "/dashboard/dlq"]:
         page.goto(f"{live_server}{path}")

@@ -240,7 +240,7 @@ def test_non_admins_anonymous_and_forged_clients_are_refused(
     )
 
     as_user = refused(url, live_client, auth={"token": api_token(url, user.email)})
-    assert as_user.refusals == [{"message": "admins only"}]
+    assert as_user.refusals == [{"message": "admins and viewers only"}]
     refused(url, live_client)  # no token, no cookie
     refused(url, live_client, auth={"token": expired})
     refused(url, live_client, auth={"token": forged})
@@ -250,6 +250,15 @@ def test_non_admins_anonymous_and_forged_clients_are_refused(
     refused(url, live_client, headers={"Cookie": cookie, "Origin": "http://evil.example"})
     # ... while the same cookie from the dashboard's own origin gets in.
     assert live_client().connect(url, headers={"Cookie": cookie}).sio.connected
+
+
+def test_viewers_get_the_live_feed_by_token_and_by_cookie(servers, make_user, live_client):
+    url = servers[0]
+    viewer = make_user(role="viewer")
+    by_token = live_client().connect(url, auth={"token": api_token(url, viewer.email)})
+    by_cookie = live_client().connect(url, headers={"Cookie": session_cookie(url, viewer.email)})
+    wait_for(lambda: by_token.stats and by_cookie.stats, message="stats for the viewer")
+    assert_every_contract_field(by_token.stats[-1])
 
 
 def test_one_copy_of_each_tick_reaches_every_client_on_every_process(servers, admin, live_client):

@@ -129,7 +129,7 @@ def test_non_admin_cannot_log_in_or_see_any_page(client, make_user, add_event):
     add_event(user_id=user.id)
     response = log_in(client, user.email)
     assert response.status_code == 403
-    assert "admins only" in response.get_data(as_text=True)
+    assert "admins and viewers only" in response.get_data(as_text=True)
     for path in ["/dashboard/", "/dashboard/events", "/dashboard/dlq"]:
         assert client.get(path).status_code == 302, path
     assert client.get("/dashboard/events", headers=htmx()).status_code == 403

@@ -43,8 +43,14 @@ def test_claims_and_completions_leave_the_pipelines_partial_indexes_alone(app):
             for i in inspect(db.engine).get_indexes("events")
             if "postgresql_where" in i.get("dialect_options", {})
         }
-    # Waiting events only (PROCESSING and PROCESSED rows have no entry), processed ones only.
-    assert set(partial) == {"ix_events_waiting_next_attempt_at", "ix_events_processed_at"}
+    # Waiting events only (PROCESSING and PROCESSED rows have no entry), processed ones only,
+    # failed ones only (a fresh event has no error group).
+    assert set(partial) == {
+        "ix_events_waiting_next_attempt_at",
+        "ix_events_processed_at",
+        "ix_events_error_group_id_created_at",
+    }
+    assert "error_group_id IS NOT NULL" in partial["ix_events_error_group_id_created_at"]
     assert "PENDING" in partial["ix_events_waiting_next_attempt_at"]
     assert "RETRYING" in partial["ix_events_waiting_next_attempt_at"]
     assert "PROCESSING" not in partial["ix_events_waiting_next_attempt_at"]

@@ -119,4 +119,11 @@ def test_schemas_come_from_the_models_that_check_requests(client):
     assert new_event["properties"]["type"]["pattern"] == "^[A-Za-z0-9_.\\-]{1,64}$"
     events = schemas["NewEvents"]["properties"]["events"]
     assert (events["minItems"], events["maxItems"]) == (1, 1000)
-    assert schemas["Status"]["enum"] == ["PENDING", "PROCESSING", "PROCESSED", "RETRYING", "FAILED"]
+    assert schemas["Status"]["enum"] == [
+        "PENDING",
+        "PROCESSING",
+        "PROCESSED",
+        "RETRYING",
+        "FAILED",
+        "DISCARDED",
+    ]

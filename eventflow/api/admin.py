@@ -3,14 +3,16 @@
 import uuid
 
 from .. import events
+from ..filters import EventFilter
 from ..models import Status
 from ..schemas.requests import DlqQuery, DlqReplay, EventPath
 from ..schemas.responses import EventPage, Queued, Replayed, event_page
 from . import bp
-from .inputs import admin_required, current_viewer
+from .inputs import acting_user, admin_required, current_viewer, staff_required
 from .operation import operation
 
 ADMIN_ERRORS = {401: "", 403: "forbidden: for admins only.", 503: ""}
+STAFF_ERRORS = {401: "", 403: "forbidden: for admins and viewers only.", 503: ""}
 
 
 @bp.post("/events/<event_id:event_id>/replay")
@@ -29,11 +31,11 @@ ADMIN_ERRORS = {401: "", 403: "forbidden: for admins only.", 503: ""}
     description="The attempt history is kept.",
 )
 def replay_event(event_id: uuid.UUID) -> tuple[dict[str, object], int]:
-    return {"eventId": events.replay_event(event_id), "status": "queued"}, 202
+    return {"eventId": events.replay_event(event_id, acting_user()), "status": "queued"}, 202
 
 
 @bp.get("/dlq")
-@admin_required
+@staff_required
 @operation(
     "The dead-letter queue: FAILED events, newest first",
     tag="dlq",
@@ -49,11 +51,10 @@ def replay_event(event_id: uuid.UUID) -> tuple[dict[str, object], int]:
 def list_dlq(query: DlqQuery) -> EventPage:
     page = events.list_events(
         current_viewer(),
+        EventFilter(status=Status.FAILED, type=query.type),
         limit=query.limit,
         page=query.page,
         after=query.cursor,
-        status=Status.FAILED,
-        event_type=query.type,
     )
     return event_page(page)
 
@@ -74,4 +75,4 @@ def list_dlq(query: DlqQuery) -> EventPage:
     },
 )
 def replay_dlq(body: DlqReplay) -> tuple[dict[str, int], int]:
-    return {"replayed": events.replay_dlq(body.type)}, 202
+    return {"replayed": events.replay_dlq(acting_user(), body.type)}, 202

@@ -39,7 +39,7 @@ BAD_BODY = "invalid_json, invalid_body, or a field's rule (the message names it)
     },
 )
 def register(body: Registration) -> tuple[User, int]:
-    user = users.create_user(body.email, body.password)
+    user = users.create_user(body.email, body.password, registered=True)
     return user, 201
 
 

@@ -6,6 +6,7 @@ from flask import g, request
 
 from .. import events, ingest
 from ..errors import ApiError
+from ..filters import EventFilter
 from ..models import Event
 from ..schemas.requests import EventPath, EventQuery, IngestHeaders, NewEvent, NewEvents
 from ..schemas.responses import BatchAccepted, EventPage, EventView, Queued, event_page
@@ -148,11 +149,9 @@ LISTING_ERRORS = {
 def list_events(query: EventQuery) -> EventPage:
     page = events.list_events(
         current_viewer(),
+        EventFilter(status=query.status, type=query.type, user=query.user),
         limit=query.limit,
         page=query.page,
         after=query.cursor,
-        status=query.status,
-        event_type=query.type,
-        user=query.user,
     )
     return event_page(page)

@@ -13,10 +13,10 @@ from flask_jwt_extended import decode_token
 from flask_jwt_extended.exceptions import NoAuthorizationError, WrongTokenError
 from jwt import ExpiredSignatureError
 
-from .. import tokens
+from .. import audit, tokens
 from ..errors import ApiError
 from ..events import Viewer
-from ..models import Role
+from ..models import User
 from ..schemas.parsing import parse_json
 
 P = ParamSpec("P")
@@ -85,7 +85,7 @@ def bearer_required(
             g.credentials = tokens.credentials_from_claims(verified_claims("access"))
             if check_session:
                 role = tokens.check_session(g.credentials)
-                g.viewer = Viewer(user_id=g.credentials.user_id, is_admin=role == Role.ADMIN.value)
+                g.viewer = Viewer(user_id=g.credentials.user_id, role=role)
             return view(*args, **kwargs)
 
         return wrapper
@@ -106,13 +106,31 @@ def current_viewer() -> Viewer:
 
 
 def admin_required(view: Callable[P, R]) -> Callable[P, R]:
-    """Authenticate first, then require the admin role (403 otherwise)."""
+    """Authenticate first, then require the admin role (403 otherwise): every action."""
 
     @functools.wraps(view)
     @bearer_required
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         if not current_viewer().is_admin:
-            raise ApiError(403, "forbidden", "this endpoint is for admins only")
+            raise ApiError(403, "forbidden", "this action is for admins only")
         return view(*args, **kwargs)
 
     return wrapper
+
+
+def staff_required(view: Callable[P, R]) -> Callable[P, R]:
+    """Authenticate first, then require an admin or a viewer (403 otherwise): admin reads."""
+
+    @functools.wraps(view)
+    @bearer_required
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        if not current_viewer().sees_all:
+            raise ApiError(403, "forbidden", "this endpoint is for admins and viewers only")
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def acting_user() -> User | None:
+    """The admin behind this request, for the audit log."""
+    return audit.actor_of(current_viewer().user_id)

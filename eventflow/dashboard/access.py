@@ -1,4 +1,7 @@
-"""Who may use the dashboard: the admin behind the session cookie or a Socket.IO token."""
+"""Who may use the dashboard: an admin or a viewer behind the session cookie or a Socket.IO token.
+
+Viewers see every page and the live feed; only admins act (views.py refuses viewers' POSTs).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from jwt import PyJWTError
 from .. import tokens
 from ..errors import ApiError
 from ..extensions import db
-from ..models import Role, User
+from ..models import STAFF_ROLES, User
 
 SESSION_KEY = "dashboard"
 # The cookie's last-seen time is rewritten at most this often (each rewrite re-sends the cookie).
@@ -23,7 +26,7 @@ SEEN_RESOLUTION_SECONDS = 30
 
 
 def log_in(user: User) -> None:
-    """Start a fresh session for the admin (dropping any old one, its CSRF token included)."""
+    """Start a fresh session for the user (dropping any old one, its CSRF token included)."""
     session.clear()
     session.permanent = True
     credentials = tokens.start_session(user)
@@ -72,8 +75,9 @@ def log_out() -> None:
             pass  # already revoked, or the user is gone: nothing left to end
 
 
-def session_admin() -> User | None:
-    """The admin of this session; None when anonymous, timed out, logged out or no longer admin."""
+def session_user() -> User | None:
+    """The admin or viewer of this session; None when anonymous, timed out, logged out, or their
+    role is now neither."""
     credentials = _session_credentials()
     if credentials is None:
         return None
@@ -81,13 +85,13 @@ def session_admin() -> User | None:
         role = tokens.check_session(credentials)
     except ApiError:
         return None
-    if role != Role.ADMIN.value:
+    if role not in STAFF_ROLES:
         return None
     return db.session.get(User, credentials.user_id)
 
 
-def token_admin(token: object) -> str | None:
-    """The user id of a valid access token of a live admin session, else None."""
+def token_staff(token: object) -> str | None:
+    """The user id of a valid access token of a live admin or viewer session, else None."""
     if not isinstance(token, str) or not token:
         return None
     try:
@@ -97,9 +101,9 @@ def token_admin(token: object) -> str | None:
         credentials = tokens.credentials_from_claims(claims)
         role = tokens.check_session(credentials)
     except (PyJWTError, JWTExtendedException, ApiError):
-        # Bad signature, expired, malformed, revoked: all simply "not an admin".
+        # Bad signature, expired, malformed, revoked: all simply "not allowed".
         return None
-    return str(credentials.user_id) if role == Role.ADMIN.value else None
+    return str(credentials.user_id) if role in STAFF_ROLES else None
 
 
 def is_background_request() -> bool:
@@ -119,11 +123,11 @@ def wants_fragment() -> bool:
 
 
 def refuse() -> ResponseReturnValue:
-    """Send a visitor without admin rights to the login page (a 403 for scripted requests)."""
+    """Send a visitor without dashboard rights to the login page (a 403 for scripted requests)."""
     login_url = url_for("dashboard.login_form", next=request.full_path.rstrip("?"))
     if is_background_request():
         # htmx follows HX-Redirect even on an error status, so an expired session lands on login.
-        return "Admins only: please log in again.", 403, {"HX-Redirect": login_url}
+        return "Admins and viewers only: please log in again.", 403, {"HX-Redirect": login_url}
     return redirect(login_url)
 
 

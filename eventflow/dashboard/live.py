@@ -41,7 +41,7 @@ from socketio.exceptions import ConnectionRefusedError
 from ..backend import SharedState
 from ..stats import snapshot
 from ..tasks.queue import get_queue
-from .access import session_admin, token_admin
+from .access import session_user, token_staff
 
 logger = logging.getLogger(__name__)
 WSGIEnviron = dict[str, Any]
@@ -334,7 +334,7 @@ class AuthDeadline:
 
 
 class DashboardNamespace(Namespace):
-    """`/dashboard`: admins only; connecting makes this process's broadcaster serve them."""
+    """`/dashboard`: admins and viewers; connecting makes this process's broadcaster serve them."""
 
     def __init__(self, broadcaster: StatsBroadcaster, deadline: AuthDeadline):
         super().__init__(NAMESPACE)
@@ -343,10 +343,10 @@ class DashboardNamespace(Namespace):
 
     def on_connect(self, auth: object = None) -> None:
         token = auth.get("token") if isinstance(auth, dict) else None
-        allowed = token_admin(token) is not None if token else session_admin() is not None
+        allowed = token_staff(token) is not None if token else session_user() is not None
         if not allowed:
             # python-socketio's ConnectionRefusedError (not the builtin) tells the client why.
-            raise ConnectionRefusedError("admins only")
+            raise ConnectionRefusedError("admins and viewers only")
         eio_sid = self._eio_sid()
         if eio_sid is not None:
             self.deadline.forget(eio_sid)

@@ -18,11 +18,12 @@ from flask.typing import ResponseReturnValue
 from flask_limiter import RateLimitExceeded
 from flask_wtf.csrf import CSRFError
 
-from .. import events, users
+from .. import audit, events, users
 from ..errors import ApiError, retry_after_seconds
+from ..filters import EventFilter
 from ..models import Status
 from ..schemas.parsing import parse_event_id, parse_query, validate
-from ..schemas.requests import DlqReplay, EventQuery
+from ..schemas.requests import AuditQuery, DlqReplay, EventQuery
 from ..schemas.rules import parse_uuid
 from ..security import limit_failed_logins
 from ..stats import snapshot
@@ -34,7 +35,7 @@ from .access import (
     log_out,
     refuse,
     safe_next,
-    session_admin,
+    session_user,
     wants_fragment,
 )
 from .formatting import register_filters
@@ -49,14 +50,24 @@ IN_FLIGHT = {Status.PENDING.value, Status.PROCESSING.value, Status.RETRYING.valu
 register_filters(bp)
 
 
+# Actions a viewer may take: only ending their own session.
+VIEWER_ACTIONS = {"dashboard.logout"}
+
+
 @bp.before_request
-def require_admin() -> ResponseReturnValue | None:
+def require_staff() -> ResponseReturnValue | None:
+    """Admins and viewers see every page; only admins act (every other POST is an action)."""
     if request.endpoint in PUBLIC_ENDPOINTS:
         return None
-    admin = session_admin()
-    if admin is None:
+    user = session_user()
+    if user is None:
         return refuse()
-    g.admin = admin
+    g.user = user
+    g.can_act = user.is_admin
+    if request.method == "POST" and not g.can_act and request.endpoint not in VIEWER_ACTIONS:
+        raise ApiError(
+            403, "forbidden", "You have the viewer role: you can see everything and change nothing."
+        )
     return None
 
 
@@ -69,7 +80,7 @@ def never_cache(response: Response) -> Response:
 
 
 def _viewer() -> events.Viewer:
-    return events.Viewer(user_id=g.admin.id, is_admin=True)
+    return events.Viewer(user_id=g.user.id, role=g.user.role)
 
 
 # --- login -----------------------------------------------------------------------------------
@@ -77,7 +88,7 @@ def _viewer() -> events.Viewer:
 
 @bp.get("/login")
 def login_form() -> ResponseReturnValue:
-    if session_admin() is not None:
+    if session_user() is not None:
         return redirect(safe_next(request.args.get("next")))
     return render_template("dashboard/login.html", next=request.args.get("next", ""))
 
@@ -98,8 +109,10 @@ def login() -> ResponseReturnValue:
         user = users.authenticate(form.get("email", ""), form.get("password", ""))
     except ApiError:
         return _login_error("Invalid email or password.", 401)
-    if not user.is_admin:
-        return _login_error("This account cannot use the dashboard: it is for admins only.", 403)
+    if not user.is_staff:
+        return _login_error(
+            "This account cannot use the dashboard: it is for admins and viewers only.", 403
+        )
     log_in(user)
     return redirect(safe_next(form.get("next")))
 
@@ -150,15 +163,13 @@ def _page_of_events(filters: dict[str, str], **fixed: str) -> tuple[events.Page 
     try:
         # A form's empty field is no filter.
         query = parse_query(EventQuery, {k: v for k, v in args.items() if v})
-        page = events.list_events(
-            _viewer(),
-            limit=query.limit,
-            page=query.page,
+        where = EventFilter(
             status=query.status,
-            event_type=query.type,
+            type=query.type,
             user=query.user,
-            event_id=event_id,
+            id_range=(event_id, event_id) if event_id else None,
         )
+        page = events.list_events(_viewer(), where, limit=query.limit, page=query.page)
     except ApiError as exc:
         if exc.code == "page_too_deep":
             return None, _too_deep_message(filters)
@@ -256,6 +267,32 @@ def list_dlq() -> ResponseReturnValue:
     )
 
 
+@bp.get("/audit")
+def list_audit() -> ResponseReturnValue:
+    filters = _filters(("actor", "action"))
+    try:
+        args = {k: v for k, v in filters.items() if v}
+        query = parse_query(AuditQuery, {**args, "page": request.args.get("page") or "1"})
+        found, error = (
+            audit.list_entries(
+                actor=query.actor, action=query.action, page=query.page, limit=DEFAULT_PAGE_SIZE
+            ),
+            None,
+        )
+    except ApiError as exc:
+        found, error = None, exc.message
+    template = "partials/audit_results.html" if wants_fragment() else "audit.html"
+    page = render_template(
+        f"dashboard/{template}",
+        filters=filters,
+        page=found,
+        error=error,
+        actions=audit.ACTIONS,
+        page_url=lambda n: _shareable_url("dashboard.list_audit", filters, n),
+    )
+    return page, 400 if error else 200
+
+
 # --- actions ---------------------------------------------------------------------------------
 
 
@@ -277,7 +314,7 @@ def _outcome(
 @bp.post("/events/<event_id>/replay")
 def replay_event(event_id: str) -> ResponseReturnValue:
     try:
-        replayed = events.replay_event(parse_event_id(event_id))
+        replayed = events.replay_event(parse_event_id(event_id), g.user)
     except ApiError as exc:
         return _outcome(exc.message, level="error", status=exc.status)
     link = url_for("dashboard.show_event", event_id=replayed)
@@ -288,7 +325,7 @@ def replay_event(event_id: str) -> ResponseReturnValue:
 def replay_dlq() -> ResponseReturnValue:
     event_type = request.form.get("type", "").strip() or None
     try:
-        count = events.replay_dlq(validate(DlqReplay, {"type": event_type}, "body").type)
+        count = events.replay_dlq(g.user, validate(DlqReplay, {"type": event_type}, "body").type)
     except ApiError as exc:
         return _outcome(exc.message, level="error", status=exc.status)
     of_type = f" of type {event_type}" if event_type else ""

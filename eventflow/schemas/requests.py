@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from ..audit import ACTIONS, Action
 from .rules import (
     DEFAULT_LIMIT,
     Cursor,
@@ -195,3 +196,15 @@ class DlqQuery(_Paged):
     """GET /dlq: the FAILED events, newest first."""
 
     type: EventType | None = None
+
+
+AuditAction = Annotated[Action, Invalid("invalid_action", f"must be one of {', '.join(ACTIONS)}")]
+
+
+class AuditQuery(Query):
+    """GET /audit: newest first, by page (the log of actions stays small next to the events)."""
+
+    page: PageNumber = 1
+    limit: Limit = DEFAULT_LIMIT
+    actor: UserRef | None = Field(None, description="The actor's e-mail (or `command line`).")
+    action: AuditAction | None = None

@@ -125,6 +125,28 @@ def event_page(page: Any) -> NumberedPage | CursorPage:
     )
 
 
+class AuditEntryView(Out):
+    id: int
+    at: UtcDatetime
+    actor: str = Field(description="The actor's e-mail as it was, or `command line`.")
+    actor_id: uuid.UUID | None = Field(description="null for the command line or a deleted user.")
+    action: str
+    target: str | None = Field(description="An event, group, bulk action, type or user.")
+    filter: dict[str, Any] | None = Field(description="The filter an action applied to.")
+    count: int | None = Field(description="How many events the action touched.")
+    note: str | None
+
+
+class AuditPage(Out):
+    """Newest first."""
+
+    items: list[AuditEntryView]
+    page: int
+    limit: int
+    total: int
+    pages: int
+
+
 class Replayed(Out):
     replayed: int = Field(description="How many FAILED events went back to the queue.")
 

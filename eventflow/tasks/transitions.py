@@ -359,8 +359,11 @@ def fail_event(claimed: ClaimedEvent, error: str, traceback: str) -> bool:
     )
 
 
-def replay_events(event_ids: list[uuid.UUID]) -> list[uuid.UUID]:
-    """FAILED -> PENDING with a fresh retry budget; attempt history is kept. Returns those moved."""
+def replay_events(event_ids: list[uuid.UUID], *, commit: bool = True) -> list[uuid.UUID]:
+    """FAILED -> PENDING with a fresh retry budget; attempt history is kept. Returns those moved.
+
+    `commit=False` leaves the transaction open for the caller to add to (the audit entry).
+    """
     if not event_ids:
         return []
     now = utcnow()
@@ -376,7 +379,8 @@ def replay_events(event_ids: list[uuid.UUID]) -> list[uuid.UUID]:
         )
         .returning(Event.id)
     ).all()
-    db.session.commit()
+    if commit:
+        db.session.commit()
     return list(moved)
 
 

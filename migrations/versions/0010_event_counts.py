@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0010"
-down_revision = "0005"  # TEMP until main has 0006
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
