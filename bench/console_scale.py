@@ -259,7 +259,7 @@ def time_requests(session: requests.Session, url: str, count: int, **kwargs) -> 
     timings = []
     for n in range(count + 2):
         started = time.perf_counter()
-        response = session.get(url, timeout=60, **kwargs)
+        response = session.get(url, timeout=60, allow_redirects=False, **kwargs)
         elapsed = (time.perf_counter() - started) * 1000
         if response.status_code != 200:
             fail(f"GET {url} answered {response.status_code}: {response.text[:200]}")
@@ -269,27 +269,27 @@ def time_requests(session: requests.Session, url: str, count: int, **kwargs) -> 
 
 
 def dashboard_session(base_url: str) -> requests.Session:
-    """A logged-in dashboard session (production cookies are Secure: sent back over http here)."""
+    """A logged-in dashboard session. Production cookies are Secure, which requests keeps from
+    plain http, so the session cookie goes as a header."""
     browser = requests.Session()
-    form = browser.get(f"{base_url}/dashboard/login", timeout=10).text
-    for cookie in browser.cookies:
-        cookie.secure = False
-    token = re.search(r'name="csrf_token" value="([^"]+)"', form)[1]  # type: ignore[index]
+    form = browser.get(f"{base_url}/dashboard/login", timeout=10)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)[1]  # type: ignore[index]
     answer = browser.post(
         f"{base_url}/dashboard/login",
         data={"email": ADMIN_EMAIL, "password": PASSWORD, "csrf_token": token, "next": ""},
+        headers={"Cookie": f"session={form.cookies['session']}"},
         allow_redirects=False,
         timeout=10,
     )
     if answer.status_code != 302:
         fail(f"dashboard login answered {answer.status_code}")
-    for cookie in browser.cookies:
-        cookie.secure = False
-    return browser
+    logged_in = requests.Session()
+    logged_in.headers["Cookie"] = f"session={answer.cookies['session']}"
+    return logged_in
 
 
-def time_snapshot(env: dict[str, str], count: int) -> tuple[list[float], int, int]:
-    """(ms of each `stats` snapshot, bytes of a tick's message, bytes of a welcome's)."""
+def time_snapshot(env: dict[str, str], count: int) -> tuple[list[float], int]:
+    """(ms of each `stats` snapshot as the broadcaster takes it, bytes of its message)."""
     from eventflow import create_app
     from eventflow.stats import snapshot
     from eventflow.tasks.queue import get_queue
@@ -302,12 +302,11 @@ def time_snapshot(env: dict[str, str], count: int) -> tuple[list[float], int, in
             started = time.perf_counter()
             tick = snapshot(stats, history=False)
             timings.append((time.perf_counter() - started) * 1000)
-        welcome = snapshot(stats, history=True)
-    return timings, len(json.dumps(tick)), len(json.dumps(welcome))
+    return timings, len(json.dumps(tick))
 
 
-def backend_cpu_seconds(database_url: str) -> float:
-    """CPU seconds used so far by this database's PostgreSQL backends (Linux /proc)."""
+def backend_cpu_seconds(database_url: str) -> dict[int, float]:
+    """CPU seconds used so far by each of this database's PostgreSQL backends (Linux /proc)."""
     conn, name = admin_connection(database_url)
     with conn.cursor() as cur:
         cur.execute(
@@ -317,20 +316,23 @@ def backend_cpu_seconds(database_url: str) -> float:
         pids = [row[0] for row in cur.fetchall()]
     conn.close()
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+    used = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+        used[pid] = (int(fields[11]) + int(fields[12])) / tick
+    return used
 
 
 def backend_cpu_percent(database_url: str, seconds: float) -> float:
+    """% of one core the database's backends used over the next `seconds` (new ones included)."""
     before, started = backend_cpu_seconds(database_url), time.monotonic()
     time.sleep(seconds)
-    return 100 * (backend_cpu_seconds(database_url) - before) / (time.monotonic() - started)
+    after = backend_cpu_seconds(database_url)
+    used = sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+    return 100 * used / (time.monotonic() - started)
 
 
 def live_feed_cost(base_url: str, token: str, database_url: str, seconds: float) -> str:
@@ -413,10 +415,10 @@ def main() -> int:
                 print(f"{name:34} {statistics.median(timings):8.1f} {p95:8.1f}{mark}", flush=True)
                 if mark:
                     over.append(name)
-            timings, tick, welcome = time_snapshot(env, args.requests)
+            timings, size = time_snapshot(env, args.requests)
             print(
                 f"{'stats snapshot (in-process)':34} {statistics.median(timings):8.1f} "
-                f"{percentile(timings, 0.95):8.1f}   message {tick:,} B, welcome {welcome:,} B"
+                f"{percentile(timings, 0.95):8.1f}   ({size:,} B)"
             )
             print(live_feed_cost(base_url, token, args.database_url, args.feed_seconds))
             print(f"over {BUDGET_MS} ms p95: {', '.join(over) or 'none'}")

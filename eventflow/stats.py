@@ -29,6 +29,12 @@ def percentile(sorted_values: list[float], fraction: float) -> float | None:
     return round(sorted_values[rank - 1], 1)
 
 
+def pack_series(series: list[dict[str, int]]) -> dict[str, Any]:
+    """The chart's seconds as one list per metric from `start`: a sixth of the bytes."""
+    start = series[0]["t"] if series else None
+    return {"start": start, **{m: [point[m] for point in series] for m in METRICS}}
+
+
 def snapshot(stats: Counters, *, now: float | None = None, history: bool = True) -> dict[str, Any]:
     """The `stats` payload the dashboard shows: rates, totals, backlog, latency, workers.
 
