@@ -161,21 +161,23 @@ def test_the_live_snapshot_and_metrics_read_the_counts_not_the_events(app, clien
     headers = bearer(client, make_user().email)
     ids = [ingest(client, headers, "TEST_OK", {"n": i}) for i in range(5)]
     with app.app_context():
-        db.session.execute(
-            update(Event)
-            .where(Event.id.in_([uuid.UUID(i) for i in ids[:2]]))
-            .values(status=Status.FAILED.value)
-        )
+        for moved, status in ((ids[:2], Status.FAILED), (ids[2:3], Status.DISCARDED)):
+            db.session.execute(
+                update(Event)
+                .where(Event.id.in_([uuid.UUID(i) for i in moved]))
+                .values(status=status.value)
+            )
         db.session.commit()
+    assert mismatches(app) == []
     taken: dict = {}
     sent = statements_of(app, lambda: taken.update(snapshot(get_queue().stats)))
     assert [s for s in sent if READS_EVENTS.search(s)] == []
-    assert (taken["queue_depth"], taken["dlq_size"], taken["processing"]) == (3, 2, 0)
+    assert (taken["queue_depth"], taken["dlq_size"], taken["processing"]) == (2, 2, 0)
 
     scraped = statements_of(app, lambda: taken.update(metrics=client.get("/metrics").text))
     assert [s for s in scraped if READS_EVENTS.search(s)] == []
     assert "eventflow_dlq_size 2.0" in taken["metrics"]
-    assert "eventflow_queue_depth 3.0" in taken["metrics"]
+    assert "eventflow_queue_depth 2.0" in taken["metrics"]
 
 
 def test_totals_past_ten_thousand_are_capped_and_shown_as_10000_plus(app, client, make_user):
