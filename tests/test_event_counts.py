@@ -209,11 +209,14 @@ def test_totals_past_ten_thousand_are_capped_and_shown_as_10000_plus(app, client
     assert "<strong>10,001</strong> events" in unfiltered
 
 
-def test_sqlite_triggers_keep_the_counts_in_the_embedded_mode(base_env, tmp_path):
+def test_the_migration_counts_existing_events_and_sqlite_triggers_keep_the_counts(
+    base_env, tmp_path
+):
     env = {k: v for k, v in base_env.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env["EVENTFLOW_INSTANCE_PATH"] = str(tmp_path)
-    flask_cli(env, "db", "upgrade", check=True)
-    with sqlite3.connect(tmp_path / "eventflow.sqlite3") as conn:
+    flask_cli(env, "db", "upgrade", "0006", check=True)
+    database = tmp_path / "eventflow.sqlite3"
+    with sqlite3.connect(database) as conn:
         conn.execute(
             "INSERT INTO users (id, email, password_hash, role, created_at, "
             "token_generation) VALUES ('u1', 'a@b.c', 'x', 'user', '2026-01-01', 0)"
@@ -225,14 +228,17 @@ def test_sqlite_triggers_keep_the_counts_in_the_embedded_mode(base_env, tmp_path
                 "'2026-01-01')",
                 (f"e{n}", "a" if n < 3 else "b"),
             )
+    flask_cli(env, "db", "upgrade", check=True)  # 0010 counts the events already there
+    with sqlite3.connect(database) as conn:
+        assert kept_counts(conn) == {("a", "PENDING"): 3, ("b", "PENDING"): 1}
         conn.execute("UPDATE events SET status = 'FAILED' WHERE id IN ('e0', 'e3')")
         conn.execute("UPDATE events SET attempts = 1")  # no status change: no count change
         conn.execute("DELETE FROM events WHERE id = 'e1'")
-        kept = {
-            (t, s): n
-            for t, s, n in conn.execute(
-                "SELECT type, status, sum(count) FROM event_counts GROUP BY 1, 2 "
-                "HAVING sum(count) <> 0"
-            )
-        }
-    assert kept == {("a", "FAILED"): 1, ("a", "PENDING"): 1, ("b", "FAILED"): 1}
+        assert kept_counts(conn) == {("a", "FAILED"): 1, ("a", "PENDING"): 1, ("b", "FAILED"): 1}
+
+
+def kept_counts(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
+    rows = conn.execute(
+        "SELECT type, status, sum(count) FROM event_counts GROUP BY 1, 2 HAVING sum(count) <> 0"
+    )
+    return {(t, s): n for t, s, n in rows}
