@@ -256,7 +256,7 @@ class EventCount(Model):
 
     Every INSERT, status change and DELETE of events adjusts these rows in its own transaction,
     whatever code path runs it, so the dashboard, /metrics and listing totals read a few rows
-    instead of counting millions. On PostgreSQL each key is split over SHARDS rows (chosen by
+    instead of counting millions. On PostgreSQL each key is split over 16 rows (chosen by
     the writing backend) so concurrent ingests and completions do not queue on one row lock;
     readers sum them.
     """

@@ -13,7 +13,7 @@ second reaches all of them, whatever their number and however many web processes
   own clients, and the lease lives in the process's own memory (backend.LocalState), so the
   single web process always holds it and broadcasts to them.
 * A viewer gets the chart's five minutes once, in its first `stats` (`history`: one list per
-  metric, about 4 KB rather than 28 KB as one object per second); every later `stats` carries
+  metric, about 5 KB rather than 28 KB as one object per second); every later `stats` carries
   the current values and one new chart point (CONTRACT section 9: at most 2 KB). New viewers
   wait in a shared set (Redis; memory without it) that the broadcaster empties at its next tick.
   It sends them that tick with the history, then adds them to the room the ticks go to: both
