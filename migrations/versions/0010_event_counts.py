@@ -18,14 +18,14 @@ The triggers are made before the counts are filled, in the same transaction: on 
 CREATE TRIGGER locks out writers until the commit, so no change falls between the two.
 
 Revision ID: 0010
-Revises: 0006
+Revises: 0007
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0010"
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
