@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import math
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import select, tuple_
 
-from . import audit, filters
+from . import audit, counts, filters
 from .errors import ApiError
 from .extensions import db
 from .filters import EventFilter
@@ -55,7 +55,7 @@ class Page:
     """A page of a listing: by number (with the total) or after a cursor (page and total None).
 
     `last` is the position of its last item when more items follow (where the next page
-    starts), else None.
+    starts), else None. A `capped` total means more than counts.CAP ("10,000+").
     """
 
     items: list[Event]
@@ -63,6 +63,7 @@ class Page:
     last: Position | None = None
     page: int | None = None
     total: int | None = None
+    capped: bool = False
 
     @property
     def pages(self) -> int | None:
@@ -124,9 +125,12 @@ def list_events(
             # the row value is an index range on the (…, created_at) indexes.
             newest_first = newest_first.where(tuple_(Event.created_at, Event.id) < after)
         return _page_of(list(db.session.scalars(newest_first)), limit)
-    total = db.session.scalar(select(func.count()).select_from(Event).where(*conditions))
+    if viewer.sees_all and replace(where, status=None, type=None) == EVERY_EVENT:
+        total = counts.count_events(where.status, where.type)  # exact, from the counters
+    else:
+        total = counts.count_matching(conditions)
     rows = db.session.scalars(newest_first.offset((page - 1) * limit))
-    return _page_of(list(rows), limit, page=page, total=total or 0)
+    return _page_of(list(rows), limit, page=page, total=total)
 
 
 def _check_depth(page: int, limit: int) -> None:
@@ -140,11 +144,20 @@ def _check_depth(page: int, limit: int) -> None:
         )
 
 
-def _page_of(rows: list[Event], limit: int, **numbered: int) -> Page:
+def _page_of(
+    rows: list[Event], limit: int, page: int | None = None, total: counts.Total | None = None
+) -> Page:
     """A Page from up to limit + 1 rows, with its last item's position if more follow."""
     items = rows[:limit]
     last = (items[-1].created_at, items[-1].id) if len(rows) > limit else None
-    return Page(items=items, limit=limit, last=last, **numbered)
+    return Page(
+        items=items,
+        limit=limit,
+        last=last,
+        page=page,
+        total=total.count if total else None,
+        capped=total.capped if total else False,
+    )
 
 
 def replay_event(event_id: uuid.UUID, actor: User | None) -> uuid.UUID:
@@ -206,12 +219,4 @@ def replay_dlq(actor: User | None, event_type: str | None = None) -> int:
 
 def count_dlq_by_type() -> list[tuple[str, int]]:
     """(type, count) of the FAILED events, largest first (the DLQ's replay-by-type picker)."""
-    count = func.count().label("n")
-    rows = db.session.execute(
-        select(Event.type, count)
-        .where(Event.status == Status.FAILED.value)
-        .group_by(Event.type)
-        .order_by(count.desc(), Event.type)
-        .limit(MAX_DLQ_TYPES)
-    )
-    return [(row.type, row.n) for row in rows]
+    return counts.count_by_type(Status.FAILED.value, MAX_DLQ_TYPES)

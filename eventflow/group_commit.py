@@ -88,7 +88,9 @@ class Pending:
     inserted: bool = False
     error: BaseException | None = None
     state: str = "waiting"  # -> "lead" (write the next group) -> "done"
-    wake: threading.Event = field(default_factory=threading.Event)
+    # Looked up per row, not bound at import: with `gunicorn --preload` this module is imported
+    # before gevent patches threading, and an unpatched Event would block the whole worker.
+    wake: threading.Event = field(default_factory=lambda: threading.Event())
 
 
 class GroupCommitter:

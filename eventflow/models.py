@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    SmallInteger,
     String,
     Text,
     TypeDecorator,
@@ -387,3 +388,21 @@ class PayloadVersion(Model):
         ForeignKey("users.id", ondelete="SET NULL"), nullable=True
     )
     replaced_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class EventCount(Model):
+    """How many events have each (type, status): kept by triggers on `events` (migration 0010).
+
+    Every INSERT, status change and DELETE of events adjusts these rows in its own transaction,
+    whatever code path runs it, so the dashboard, /metrics and listing totals read a few rows
+    instead of counting millions. On PostgreSQL each key is split over 16 rows (chosen by
+    the writing backend) so concurrent ingests and completions do not queue on one row lock;
+    readers sum them.
+    """
+
+    __tablename__ = "event_counts"
+
+    type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)

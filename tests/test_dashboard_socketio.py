@@ -125,10 +125,19 @@ def refused(url: str, live_client, **connect_args) -> LiveClient:
     return client
 
 
+def unpack(history: dict) -> list[dict]:
+    """The first message's history, one list per metric, as one point per second."""
+    metrics = [key for key, values in history.items() if isinstance(values, list)]
+    return [
+        {"t": history["start"] + i, **{m: history[m][i] for m in metrics}}
+        for i in range(len(history[metrics[0]]))
+    ]
+
+
 def chart(client: LiveClient) -> list[dict]:
     """The chart as the dashboard draws it: the first message's history plus each new point."""
     history, *ticks = client.stats
-    points = {second["t"]: second for second in history["series"]}
+    points = {second["t"]: second for second in unpack(history["history"])}
     for tick in ticks:
         points[tick["point"]["t"]] = tick["point"]
     newest = max(points)
@@ -208,11 +217,12 @@ def test_first_stats_brings_the_chart_history_and_later_ones_one_small_point(
     )
 
     first, *later = client.stats
-    seconds = [second["t"] for second in first["series"]]
+    seconds = [second["t"] for second in unpack(first["history"])]
+    assert wire_size(first) <= 5 * 1024  # five minutes of five metrics, mostly zeros
     assert seconds == list(range(first["at"] - HISTORY_SECONDS, first["at"]))
     assert_every_contract_field(first)
     for stats in later:
-        assert "series" not in stats, "the history is sent once, not every second"
+        assert "history" not in stats, "the history is sent once, not every second"
         assert_every_contract_field(stats)
         assert stats["point"]["t"] == stats["at"] - 1  # the second that just ended
         assert set(stats["point"]) >= {"t", *TOTALS}

@@ -23,7 +23,7 @@ from tests.conftest import bearer
 from tests.processes import flask_cli
 from tests.test_dashboard_views import htmx, log_in
 
-NUMBERED_KEYS = {"items", "page", "limit", "total", "pages", "next_cursor"}
+NUMBERED_KEYS = {"items", "page", "limit", "total", "total_capped", "pages", "next_cursor"}
 CURSOR_KEYS = {"items", "limit", "next_cursor"}
 
 

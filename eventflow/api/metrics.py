@@ -54,5 +54,5 @@ class _SnapshotCollector:
 )
 def metrics() -> Response:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_SnapshotCollector(snapshot(get_queue().stats)))
+    registry.register(_SnapshotCollector(snapshot(get_queue().stats, history=False)))
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)

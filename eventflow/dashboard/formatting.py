@@ -17,6 +17,11 @@ def format_count(value: Any) -> str:
     return f"{int(value):,}"
 
 
+def format_total(page: Any) -> str:
+    """A listing's total: '12,345', or '10,000+' when it was counted no further."""
+    return format_count(page.total) + ("+" if page.capped else "")
+
+
 def format_rate(value: Any) -> str:
     """Events per second: one decimal below 10/s, whole numbers above."""
     if value is None:
@@ -94,6 +99,7 @@ def spark_bars(counts: list[int]) -> list[tuple[float, float, float, float]]:
 def register_filters(bp: Blueprint) -> None:
     for name, func in {
         "count": format_count,
+        "total": format_total,
         "rate": format_rate,
         "ms": format_ms,
         "utc": format_time,

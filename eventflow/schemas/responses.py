@@ -88,7 +88,11 @@ class NumberedPage(Out):
     items: list[EventView]
     page: int
     limit: int
-    total: int
+    total: int = Field(description="Exact, or 10,000 when `total_capped` (there are more).")
+    total_capped: bool = Field(
+        description="True: more than 10,000 events match (a filter the per-status counts "
+        "cannot answer is counted no further); `total` and `pages` stop there."
+    )
     pages: int
     next_cursor: str | None = Field(description="Continue by cursor from here; null: no more.")
 
@@ -115,6 +119,7 @@ def event_page(page: Any) -> NumberedPage | CursorPage:
         page=page.page,
         limit=page.limit,
         total=page.total,
+        total_capped=page.capped,
         pages=page.pages,
         next_cursor=next_cursor,
     )

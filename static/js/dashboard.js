@@ -2,10 +2,11 @@
  *
  * The server emits `stats` on the /dashboard namespace about once a second. Every element
  * with data-stat="path.in.payload" shows that value (formatted by its data-format). The
- * overview's chart starts from the five minutes of `series` in the page and in the first
- * `stats` after each (re)connect; later ones carry one new `point` each, which the chart
- * appends while dropping its oldest. When the DLQ or the counters change, the body gets a
- * `dlq-changed` / `totals-changed` event that htmx-driven lists listen for.
+ * overview's chart starts from the five minutes of `series` in the page and of `history` (one
+ * list per metric) in the first `stats` after each (re)connect; later ones carry one new
+ * `point` each, which the chart appends while dropping its oldest. When the DLQ or the
+ * counters change, the body gets a `dlq-changed` / `totals-changed` event that htmx-driven
+ * lists listen for.
  *
  * The Content-Security-Policy allows no inline script or style attribute: keep behaviour in
  * this file and styles in dashboard.css (setting element.style from here is fine).
@@ -180,6 +181,19 @@
     drawChart();
   }
 
+  /* The history as the server sends it, {start, ingested: [...], ...}: one point per second. */
+  function unpack(history) {
+    const keys = Object.keys(history).filter((k) => Array.isArray(history[k]));
+    const length = keys.length ? history[keys[0]].length : 0;
+    const unpacked = [];
+    for (let i = 0; i < length; i++) {
+      const point = { t: history.start + i };
+      keys.forEach((k) => (point[k] = history[k][i]));
+      unpacked.push(point);
+    }
+    return unpacked;
+  }
+
   /* One more second: appended (or, if the chart has it already, updated), oldest dropped. */
   function addPoint(point) {
     if (!chartBox || !point || windowSize === 0) return;
@@ -241,7 +255,7 @@
   });
   socket.on("stats", (stats) => {
     renderStats(stats);
-    if (Array.isArray(stats.series)) resetChart(stats.series);
+    if (stats.history) resetChart(unpack(stats.history));
     else addPoint(stats.point);
     announceChanges(stats);
   });
