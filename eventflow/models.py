@@ -248,3 +248,12 @@ class AuditEntry(Model):
     filter: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     count: Mapped[int | None] = mapped_column(Integer, nullable=True)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class PeriodicRun(Model):
+    """When a job that runs once per interval across all workers (retention) last started."""
+
+    __tablename__ = "periodic_runs"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_run_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -31,7 +31,9 @@ from tests.processes import (
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eventflow_test"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
-TABLES = "audit_log, event_attempts, events, revoked_tokens, users, workers, stat_buckets"
+TABLES = (
+    "audit_log, event_attempts, events, revoked_tokens, users, workers, stat_buckets, periodic_runs"
+)
 # Fast pipeline settings so retry and recovery tests finish in seconds.
 FAST_PIPELINE = {
     "EVENTFLOW_RETRY_BASE_SECONDS": "0.05",
