@@ -11,6 +11,7 @@ Purges are not audited (CONTRACT section 10 does not list them): each run logs o
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ class PurgeReport:
     dry_run: bool = False
     by_status: Counter[str] = field(default_factory=Counter)
     batches: int = 0
+    seconds: float = 0.0
 
     @property
     def total(self) -> int:
@@ -52,7 +54,7 @@ class PurgeReport:
         counts = ", ".join(f"{s.value} {self.by_status.get(s.value, 0):,}" for s in self.statuses)
         line = f"{verb} {self.total:,} event(s) created before {self.cutoff:%Y-%m-%d %H:%M:%S} UTC"
         if not self.dry_run:
-            line += f" in {self.batches:,} batch(es)"
+            line += f" in {self.batches:,} batch(es), {self.seconds:.1f} s"
         return f"{line} ({counts})"
 
 
@@ -102,6 +104,7 @@ def purge_events(
         db.session.rollback()
         report.by_status.update({status: count for status, count in counted})
         return report
+    began = time.monotonic()
     while deleted := _delete_batch(where, batch_size):
         report.by_status.update(deleted)
         report.batches += 1
@@ -109,6 +112,7 @@ def purge_events(
             after_batch()
         if len(deleted) < batch_size:
             break  # the rest, if any, is locked right now: the next run takes it
+    report.seconds = time.monotonic() - began
     logger.info("purge: %s", report.describe())
     return report
 

@@ -211,7 +211,7 @@ def test_each_transaction_deletes_at_most_the_batch_size(app, runner, seed, dele
     ids = seed(Status.PROCESSED, days(OLD), 10)
     result = purge(runner, "--older-than", "30d", "--batch-size", "3")
     assert result.output.startswith("Deleted 10 event(s)")
-    assert "in 4 batch(es)" in result.output
+    assert "in 4 batch(es), " in result.output
     assert remaining(app, ids) == set()
     # The database's own account: four transactions, none over three events.
     assert delete_probe() == [3, 3, 3, 1]
