@@ -78,9 +78,13 @@ def copy_old_events(database_url: str, user_id: str, total: int) -> float:
                 for i in ids
             )
             attempts = "".join(f"{i}\t1\tbench\t{old}\t{old}\tsucceeded\n" for i in ids)
-            cur.copy_expert(f"COPY events ({EVENT_COLUMNS}) FROM STDIN", io.StringIO(events))
             cur.copy_expert(
-                f"COPY event_attempts ({ATTEMPT_COLUMNS}) FROM STDIN", io.StringIO(attempts)
+                f"COPY events ({EVENT_COLUMNS}) FROM STDIN", io.StringIO(events), size=1 << 20
+            )
+            cur.copy_expert(
+                f"COPY event_attempts ({ATTEMPT_COLUMNS}) FROM STDIN",
+                io.StringIO(attempts),
+                size=1 << 20,
             )
             conn.commit()
     seconds = time.monotonic() - began

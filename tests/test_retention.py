@@ -13,7 +13,7 @@ import psycopg2
 import pytest
 from sqlalchemy import func, insert, select
 
-from eventflow import retention
+from eventflow import create_app, retention, users
 from eventflow.extensions import db
 from eventflow.models import Event, EventAttempt, Outcome, Status, utcnow
 from eventflow.tasks.queue import get_queue
@@ -326,3 +326,28 @@ def test_the_periodic_purge_runs_once_per_interval_across_two_workers(
         for (earlier, _), (later, _) in zip(runs, runs[1:], strict=False)
     ]
     assert min(gaps) > interval * 0.75, gaps
+
+
+def test_the_embedded_default_purges_on_sqlite_too(base_env, tmp_path):
+    embedded = {"DATABASE_URL": "", "REDIS_URL": "", "EVENTFLOW_INSTANCE_PATH": str(tmp_path)}
+    app = create_app({**base_env, **embedded, "TESTING": True})
+    with app.app_context():
+        db.create_all()  # the migrations' schema (tests/test_migrations.py holds them equal)
+        user = users.create_user("owner@example.com", "correct-horse")
+        old = utcnow() - days(OLD)
+        events = [
+            Event(user_id=user.id, type="OLD", payload={}, status=s.value, created_at=old)
+            for s in (Status.PROCESSED, Status.PROCESSED, Status.DISCARDED, Status.FAILED)
+        ]
+        db.session.add_all(events)
+        db.session.flush()
+        db.session.add_all(EventAttempt(event_id=e.id, number=1) for e in events)
+        db.session.commit()
+    result = app.test_cli_runner().invoke(
+        args=["events", "purge", "--older-than", "30d", "--batch-size", "2"]
+    )
+    assert result.output.startswith("Deleted 3 event(s)"), result.output
+    assert "in 2 batch(es)" in result.output
+    with app.app_context():
+        assert db.session.scalars(select(Event.status)).all() == ["FAILED"]
+        assert db.session.scalar(select(func.count()).select_from(EventAttempt)) == 1

@@ -183,6 +183,11 @@ def run_worker(app: Flask, processor: Processor, workers: int, processes: bool) 
     )
     recovery.start()
     if settings.retention_days:
+        logger.info(
+            "retention: finished events older than %d day(s) purged every %gs",
+            settings.retention_days,
+            settings.retention_interval_seconds,
+        )
         threading.Thread(
             target=_retention_loop,
             args=(app, queue.broker.shared, settings, stop),
