@@ -23,9 +23,13 @@ run: install
 	trap 'kill -TERM $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
 	GUNICORN_WORKERS=$${GUNICORN_WORKERS:-1} $(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
 
-## test: the whole suite (real PostgreSQL + Redis; DATABASE_URL / REDIS_URL when set)
+## test: the whole suite (real PostgreSQL + Redis; DATABASE_URL / REDIS_URL when set), in
+## TEST_PROCESSES processes, a test file to each (its module's servers start once); each process
+## uses its own database (DATABASE_URL's, then `…_gw1`, …) and Redis database (REDIS_URL's, then
+## the one below it, …)
+TEST_PROCESSES ?= 2
 test: install
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_PROCESSES) --dist loadfile
 
 ## lint: ruff (style), then mypy --strict on eventflow/ (config in pyproject.toml)
 lint: install

@@ -60,16 +60,30 @@ def _ensure_database(url: str) -> None:
     conn.close()
 
 
+def _worker_number() -> int:
+    """Which of pytest-xdist's processes this is (0 without xdist)."""
+    return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+
+
 @pytest.fixture(scope="session")
 def database_url() -> str:
+    """DATABASE_URL's database, or a sibling of it per xdist process (`…_gw1`)."""
     url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    if _worker_number():
+        parts = urlsplit(url)
+        url = urlunsplit(parts._replace(path=f"{parts.path}_gw{_worker_number()}"))
     _ensure_database(url)
     return url
 
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
+    """REDIS_URL's database, or the ones below it per xdist process (15, then 14, …)."""
     url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    if _worker_number():
+        parts = urlsplit(url)
+        number = int(parts.path.lstrip("/") or 0) - _worker_number()
+        url = urlunsplit(parts._replace(path=f"/{number % 16}"))
     try:
         redis_lib.Redis.from_url(url).ping()
     except redis_lib.RedisError as exc:

@@ -359,12 +359,13 @@ def test_unauthenticated_websockets_are_closed_after_the_auth_timeout(
     impatient_server, worker_class, make_user
 ):
     url = impatient_server(worker_class)
+    # Logged in first: the sockets below have only the auth timeout to say who they are.
+    token = api_token(url, make_user().email)
     silent = raw_websocket(url)  # never joins a namespace
     anonymous = raw_websocket(url)
     anonymous.send("40/dashboard,")  # joins /dashboard without credentials: refused
     assert anonymous.recv().startswith("44/dashboard,"), "the refusal"
     as_user = raw_websocket(url)
-    token = api_token(url, make_user().email)
     as_user.send("40/dashboard," + json.dumps({"token": token}))  # not an admin: refused
     assert as_user.recv().startswith("44/dashboard,"), "the refusal"
     default_namespace = raw_websocket(url)

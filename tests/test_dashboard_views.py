@@ -81,7 +81,12 @@ def page_token(client, path: str = "/dashboard/") -> str:
 
 @pytest.mark.parametrize(
     "path",
-    ["/dashboard/", "/dashboard/events", "/dashboard/dlq", f"/dashboard/events/{uuid.uuid4()}"],
+    [
+        "/dashboard/",
+        "/dashboard/events",
+        "/dashboard/dlq",
+        "/dashboard/events/5f0c2d7e-0000-4000-8000-000000000001",
+    ],
 )
 def test_anonymous_visitor_is_redirected_to_login_and_sees_no_data(client, path):
     response = client.get(path)
