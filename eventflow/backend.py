@@ -5,8 +5,8 @@ SQLite + Huey's SQLite queue, with no server to install. `choose_backend(setting
 create_app, picks the two halves that differ, and the rest of EventFlow uses what it got
 without asking which:
 
-* the database, `PostgreSQL` or `SQLite`: engine options, the claim and completion statements
-  (one statement each on PostgreSQL), the counters' upsert, whether ingest group-commits;
+* the database, `PostgreSQL` or `SQLite`: engine options, the claim, completion and failure
+  statements (one statement each on PostgreSQL), the counters' upsert, whether ingest group-commits;
 * the broker, `RedisBroker` or `SqliteBroker`: Huey's storage, where the live counters live,
   how messages go out with their counters, and the state processes share (leases, locks,
   sets): Redis, or this process's memory when there is no Redis (`LocalState`).
@@ -104,6 +104,10 @@ class Database(Protocol):
         self, done: list[tuple[transitions.ClaimedEvent, str]]
     ) -> dict[uuid.UUID, float]: ...
 
+    def finish_attempt(self, end: transitions.AttemptEnd) -> bool:
+        """Record a failed attempt (and its error group) and move its event."""
+        ...
+
     def payload_equals(self, path: tuple[str, ...], value: Scalar) -> ColumnElement[bool]:
         """The event's payload has this JSON scalar at this path (eventflow/filters.py)."""
         ...
@@ -141,6 +145,9 @@ class PostgreSQL:
         self, done: list[tuple[transitions.ClaimedEvent, str]]
     ) -> dict[uuid.UUID, float]:
         return transitions.complete_events(done)
+
+    def finish_attempt(self, end: transitions.AttemptEnd) -> bool:
+        return transitions.finish_attempt(end)
 
     def payload_equals(self, path: tuple[str, ...], value: Scalar) -> ColumnElement[bool]:
         # Containment, which the GIN jsonb_path_ops index on payload serves: 1 matches 1.0,
@@ -187,6 +194,9 @@ class SQLite:
         self, done: list[tuple[transitions.ClaimedEvent, str]]
     ) -> dict[uuid.UUID, float]:
         return transitions.complete_events_portable(done)
+
+    def finish_attempt(self, end: transitions.AttemptEnd) -> bool:
+        return transitions.finish_attempt_portable(end)
 
     def payload_equals(self, path: tuple[str, ...], value: Scalar) -> ColumnElement[bool]:
         # SQLite's JSON functions by path, with the JSON type so that "1" does not match 1.

@@ -83,6 +83,7 @@ class Status(enum.StrEnum):
 # Events that should have a message in the queue: the predicate of recovery's partial index,
 # spelled as transitions.WAITING lists them (the planner matches it against those queries).
 WAITING_PREDICATE = "status IN ('PENDING', 'RETRYING')"
+FAILED_PREDICATE = "status = 'FAILED'"
 
 
 class Outcome(enum.StrEnum):
@@ -91,6 +92,12 @@ class Outcome(enum.StrEnum):
     RETRY = "retry"  # failed, another attempt is scheduled
     FAILED = "failed"  # failed, the event went to the DLQ
     LOST = "lost"  # the worker died; recovery closed the attempt
+
+
+class GroupStatus(enum.StrEnum):
+    OPEN = "open"
+    RESOLVED = "resolved"  # reopens when the error recurs
+    IGNORED = "ignored"  # stays ignored
 
 
 class User(Model):
@@ -160,6 +167,13 @@ class Event(Model):
             postgresql_where=text("processed_at IS NOT NULL"),
             sqlite_where=text("processed_at IS NOT NULL"),
         ),
+        # A group's DLQ events (its "failed now" and its replay): FAILED events only.
+        Index(
+            "ix_events_failed_error_group_id",
+            "error_group_id",
+            postgresql_where=text(FAILED_PREDICATE),
+            sqlite_where=text(FAILED_PREDICATE),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -182,7 +196,9 @@ class Event(Model):
     locked_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
     # The X-Request-ID of the request that created the event, for the worker's log lines.
     request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    # The error group of the event's latest failed attempt (None until it fails).
+    # The error group of the event's latest failed attempt (None until it fails). No foreign
+    # key: groups are never deleted, and adding one would rebuild `events` on SQLite, whose
+    # DROP TABLE cascades to every attempt.
     error_group_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
@@ -201,6 +217,60 @@ class EventAttempt(Model):
     outcome: Mapped[str] = mapped_column(String(16), default=Outcome.RUNNING.value)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     traceback: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The error group of a failed attempt (None for a success or a running attempt).
+    error_group_id: Mapped[int | None] = mapped_column(
+        ForeignKey("error_groups.id", ondelete="SET NULL"), nullable=True
+    )
+
+
+class ErrorGroup(Model):
+    """Failed attempts with the same fingerprint (eventflow/tasks/fingerprints.py).
+
+    Written in the statement that records each failed attempt, so reading a group, its
+    types and its last day costs no scan of the attempts.
+    """
+
+    __tablename__ = "error_groups"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    exception: Mapped[str] = mapped_column(String(255))
+    message: Mapped[str] = mapped_column(Text)  # normalised
+    frame: Mapped[str] = mapped_column(String(255))  # "module:function", or ""
+    status: Mapped[str] = mapped_column(
+        String(16), default=GroupStatus.OPEN.value, server_default="open"
+    )
+    count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # When the group was created: a new kind of failure (what an alert on new groups reads).
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sample_error: Mapped[str | None] = mapped_column(Text, nullable=True)  # as first seen
+    sample_traceback: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class ErrorGroupType(Model):
+    """A group's failures per event type."""
+
+    __tablename__ = "error_group_types"
+
+    group_id: Mapped[int] = mapped_column(
+        ForeignKey("error_groups.id", ondelete="CASCADE"), primary_key=True
+    )
+    type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ErrorGroupHour(Model):
+    """A group's failures per hour: the page's sparkline and its recent-count order."""
+
+    __tablename__ = "error_group_hours"
+    __table_args__ = (Index("ix_error_group_hours_hour", "hour"),)
+
+    group_id: Mapped[int] = mapped_column(
+        ForeignKey("error_groups.id", ondelete="CASCADE"), primary_key=True
+    )
+    hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)  # its start
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class Worker(Model):

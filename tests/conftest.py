@@ -32,7 +32,8 @@ from tests.processes import (
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eventflow_test"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
 TABLES = (
-    "audit_log, event_attempts, events, revoked_tokens, users, workers, stat_buckets, periodic_runs"
+    "audit_log, event_attempts, events, revoked_tokens, users, workers, stat_buckets, "
+    "error_group_hours, error_group_types, error_groups, periodic_runs"
 )
 # Fast pipeline settings so retry and recovery tests finish in seconds.
 FAST_PIPELINE = {

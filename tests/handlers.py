@@ -61,3 +61,29 @@ def toggle(event):
     if os.path.exists(event.payload["fail_while"]):
         raise RuntimeError("toggle is on")
     return {"ok": True}
+
+
+# Three distinct errors whose messages vary from event to event (numbers, ids, quoted values):
+# each handler's failures make one error group (tests/test_error_groups.py).
+def _customer(payload):
+    return payload["customers"][payload["n"] % len(payload["customers"])]
+
+
+@handler("TEST_NO_CUSTOMER")
+def no_customer(event):
+    raise LookupError(f"order {event.payload['n']} has no customer {_customer(event.payload)!r}")
+
+
+@handler("TEST_TIMEOUT")
+def upstream_timeout(event):
+    n = event.payload["n"]
+    raise TimeoutError(f"upstream 10.0.0.{n % 250} timed out after {1000 + n} ms")
+
+
+@handler("TEST_BAD_PRICE")
+def bad_price(event):
+    return _check_price(event.payload)
+
+
+def _check_price(payload):
+    raise ValueError(f"price of sku {payload['sku']} must be positive, got {-payload['n']}")

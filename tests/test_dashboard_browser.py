@@ -17,9 +17,11 @@ import pytest
 import requests
 from playwright.sync_api import Page, expect, sync_playwright
 
+from eventflow import users
 from eventflow.extensions import db
 from eventflow.models import Event, Status
 
+from .pipeline import statuses, wait_terminal
 from .processes import ROOT, Process, free_port, launch_gunicorn, wait_until_serving
 
 ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
@@ -375,3 +377,76 @@ def test_live_updates_resume_after_the_server_restarts(serve, admin, page):
 
     ingest(url, api_headers(url, admin.email), "TEST_OK")
     expect(stat(page, "totals.ingested")).to_have_text("1")
+
+
+def test_a_group_shows_with_its_day_and_traceback_and_replay_empties_it(
+    app, live_server, worker, admin, tmp_path, page, browser
+):
+    flag = tmp_path / "toggle-on"
+    flag.write_text("TEST_TOGGLE fails while this file exists")
+    headers = api_headers(live_server, admin.email)
+    toggles = [ingest(live_server, headers, "TEST_TOGGLE", {"fail_while": str(flag)}) for _ in "ab"]
+    permanent = ingest(live_server, headers, "TEST_PERMANENT")
+    wait_terminal(app, [*toggles, permanent])
+
+    log_in(page, live_server, admin.email)
+    page.locator(".nav").get_by_role("link", name="Errors").click()
+    expect(page).to_have_url(re.compile(r"/dashboard/errors$"))
+    cards = page.locator(".group")
+    expect(cards).to_have_count(2)
+    toggle = cards.filter(has_text="toggle is on")
+    expect(toggle.locator("h2")).to_have_text("RuntimeError")
+    expect(toggle.locator('[data-field="failed"]')).to_have_text("2")
+    expect(toggle.locator('[data-field="count"]')).to_have_text("10")  # 2 events x 5 attempts
+    expect(toggle.locator(".sparkline rect")).to_have_count(24)
+    expect(toggle.locator(".sparkline rect.spark-hit")).to_have_count(1)  # this hour
+    expect(toggle.locator('[data-field="recent"]')).to_have_text("10")
+    expect(toggle.get_by_text("tests.handlers:toggle")).to_be_visible()
+    group_id = toggle.get_attribute("data-group-id")
+    expect(toggle.get_by_role("link", name="Show its events")).to_have_attribute(
+        "href", f"/dashboard/events?error_group={group_id}"
+    )
+    traceback = toggle.locator(".traceback")
+    expect(traceback).to_be_hidden()  # collapsed until asked for
+    toggle.get_by_text("Sample traceback").click()
+    expect(traceback).to_contain_text("Traceback (most recent call last)")
+    shot(page, "errors")
+
+    flag.unlink()
+    asked: list[str] = []
+
+    def accept(dialog):
+        asked.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", accept)
+    toggle.locator('[data-action="replay-group"]').click()
+    expect(page.locator("#outcome")).to_contain_text(f"Replayed 2 events of error group {group_id}")
+    assert asked and asked[0].startswith("Replay the 2 events of this group in the DLQ?")
+    expect(toggle.locator('[data-field="failed"]')).to_have_text("0")
+    expect(toggle.locator('[data-action="replay-group"]')).to_have_count(0)
+    wait_terminal(app, toggles)
+    assert statuses(app, [*toggles, permanent]) == {
+        toggles[0]: "PROCESSED",
+        toggles[1]: "PROCESSED",
+        permanent: "FAILED",
+    }
+
+    toggle.locator('[data-action="resolved"]').click()
+    expect(toggle.locator('[data-field="status"]')).to_have_text("Resolved")
+    page.get_by_label("Status").select_option("resolved")
+    expect(page).to_have_url(re.compile(r"/dashboard/errors\?status=resolved$"))
+    expect(cards).to_have_count(1)
+
+    with app.app_context():
+        users.create_user("viewer@example.com", PASSWORD, role="viewer")
+    viewer = browser.new_context(viewport={"width": 1366, "height": 860}).new_page()
+    log_in(viewer, live_server, "viewer@example.com")
+    viewer.goto(f"{live_server}/dashboard/errors")
+    expect(viewer.locator(".group")).to_have_count(2)
+    expect(viewer.locator(".group [data-action]")).to_have_count(0)
+    expect(
+        viewer.locator(".group").first.get_by_role("link", name="Show its events")
+    ).to_be_visible()
+    shot(viewer, "errors-viewer")
+    viewer.context.close()

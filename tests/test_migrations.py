@@ -49,12 +49,14 @@ def test_claims_and_completions_leave_the_pipelines_partial_indexes_alone(app):
         "ix_events_waiting_next_attempt_at",
         "ix_events_processed_at",
         "ix_events_error_group_id_created_at",
+        "ix_events_failed_error_group_id",
     }
     assert "error_group_id IS NOT NULL" in partial["ix_events_error_group_id_created_at"]
     assert "PENDING" in partial["ix_events_waiting_next_attempt_at"]
     assert "RETRYING" in partial["ix_events_waiting_next_attempt_at"]
     assert "PROCESSING" not in partial["ix_events_waiting_next_attempt_at"]
     assert "processed_at IS NOT NULL" in partial["ix_events_processed_at"]
+    assert "FAILED" in partial["ix_events_failed_error_group_id"]  # a group's DLQ events
 
 
 def test_db_upgrade_builds_the_schema_on_an_empty_sqlite_file(base_env, tmp_path):

@@ -252,7 +252,8 @@ def test_a_success_is_recorded_only_on_a_claim_still_held(client, app, auth):
         claims.reverse()
         # Meanwhile recovery takes the second one back (its worker looked dead).
         later = utcnow() + timedelta(hours=1)
-        assert transitions.release_orphan(claims[1].id, 1, later, 5) == "RETRYING"
+        finish = transitions.finish_attempt
+        assert transitions.release_orphan(claims[1].id, 1, later, 5, finish) == "RETRYING"
         recorded = transitions.complete_events(list(zip(claims, results, strict=True)))
     assert set(recorded) == {claims[0].id, claims[2].id}
     events = events_by_id(app, ids)

@@ -16,4 +16,4 @@ class EventIdConverter(BaseConverter):
 # Before the routes below are registered with the app (record_once runs in recording order).
 bp.record_once(lambda state: state.app.url_map.converters.update(event_id=EventIdConverter))
 
-from . import admin, audit, auth, docs, events, health  # noqa: E402,F401  (routes register on import)
+from . import admin, audit, auth, docs, error_groups, events, health  # noqa: E402,F401  (routes)

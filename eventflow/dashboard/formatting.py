@@ -85,6 +85,23 @@ def short_id(value: Any) -> str:
     return str(value).split("-", 1)[0]
 
 
+SPARK_WIDTH, SPARK_HEIGHT = 120, 28
+
+
+def spark_bars(counts: list[int]) -> list[tuple[float, float, float, float]]:
+    """A bar chart of counts as SVG rectangles (x, y, width, height) in a SPARK_WIDTH x
+    SPARK_HEIGHT box: the tallest bar fills it, an empty slot is a 1-unit stub."""
+    if not counts:
+        return []
+    slot = SPARK_WIDTH / len(counts)
+    peak = max(max(counts), 1)
+    bars = []
+    for index, count in enumerate(counts):
+        height = max(1.0, round(count / peak * SPARK_HEIGHT, 1)) if count else 1.0
+        bars.append((round(index * slot, 2), SPARK_HEIGHT - height, round(slot - 1, 2), height))
+    return bars
+
+
 def register_filters(bp: Blueprint) -> None:
     filters: dict[str, Callable[..., str]] = {
         "count": format_count,
@@ -101,3 +118,4 @@ def register_filters(bp: Blueprint) -> None:
     for name, func in filters.items():
         bp.add_app_template_filter(func, name)
     bp.add_app_template_global(duration_between, "duration_between")
+    bp.add_app_template_global(spark_bars, "spark_bars")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -15,6 +15,8 @@ from .rules import (
     Email,
     EventId,
     EventType,
+    GroupId,
+    GroupStatusFilter,
     IdempotencyKey,
     Invalid,
     Limit,
@@ -208,3 +210,30 @@ class AuditQuery(Query):
     limit: Limit = DEFAULT_LIMIT
     actor: UserRef | None = Field(None, description="The actor's e-mail (or `command line`).")
     action: AuditAction | None = None
+
+
+# --- error groups --------------------------------------------------------------------------------
+
+
+class ErrorGroupQuery(Query):
+    """GET /error-groups: by failures in the last 24 h, then the most recently seen."""
+
+    page: PageNumber = 1
+    limit: Limit = DEFAULT_LIMIT
+    status: GroupStatusFilter | None = None
+    type: EventType | None = Field(None, description="Groups with failures of this event type.")
+
+
+class ErrorGroupPath(BaseModel):
+    group_id: GroupId
+
+
+class GroupStatusChange(JsonObject):
+    """PATCH /error-groups/{id}: resolved reopens when the error recurs; ignored stays."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Annotated[
+        Literal["open", "resolved", "ignored"],
+        Invalid("invalid_status", "must be one of open, resolved, ignored"),
+    ]

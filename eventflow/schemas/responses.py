@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from ..models import Role, Status
+from ..models import GroupStatus, Role, Status
 from .rules import encode_cursor
 
 # Every timestamp goes out in UTC ("…Z"), whatever zone the database connection used.
@@ -144,6 +144,70 @@ class AuditPage(Out):
 
 class Replayed(Out):
     replayed: int = Field(description="How many FAILED events went back to the queue.")
+
+
+# --- error groups --------------------------------------------------------------------------------
+
+
+class ErrorGroupSummary(Out):
+    id: int
+    exception: str = Field(description="The class, qualified by its module unless built-in.")
+    message: str = Field(description="Normalised: numbers <n>, ids <uuid>, <hex>, quoted <str>.")
+    count: int = Field(description="Failed attempts in the group, ever.")
+    failed_events: int = Field(
+        description="Events in the DLQ now whose latest failure is in the group (counted up "
+        "to 10,001: more reads as 10,000+)."
+    )
+    types: list[str] = Field(description="Event types that failed so, most failures first.")
+    first_seen: UtcDatetime
+    last_seen: UtcDatetime
+    status: GroupStatus
+
+
+class ErrorGroupDetail(ErrorGroupSummary):
+    frame: str = Field(description='The innermost frame in handler code, "module:function".')
+    sample_error: str | None
+    sample_traceback: str | None
+    last_24h: list[int] = Field(description="Failures per hour over the last 24 h, oldest first.")
+
+
+class ErrorGroupPage(Out):
+    items: list[ErrorGroupSummary]
+    page: int
+    limit: int
+    total: int
+    pages: int
+
+
+def error_group_detail(view: Any) -> ErrorGroupDetail:
+    """The response for an error_groups.GroupView."""
+    group = view.group
+    return ErrorGroupDetail(
+        id=group.id,
+        exception=group.exception,
+        message=group.message,
+        count=group.count,
+        failed_events=view.failed_events,
+        types=view.types,
+        first_seen=group.first_seen,
+        last_seen=group.last_seen,
+        status=group.status,
+        frame=group.frame,
+        sample_error=group.sample_error,
+        sample_traceback=group.sample_traceback,
+        last_24h=view.hourly,
+    )
+
+
+def error_group_page(page: Any) -> ErrorGroupPage:
+    """The response for an error_groups.GroupPage."""
+    items = [
+        ErrorGroupSummary.model_validate(error_group_detail(view), from_attributes=True)
+        for view in page.items
+    ]
+    return ErrorGroupPage(
+        items=items, page=page.page, limit=page.limit, total=page.total, pages=page.pages
+    )
 
 
 # --- operations ----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BeforeValidator, Field, PlainValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
-from ..models import Status
+from ..models import GroupStatus, Status
 from ..users import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 
 
@@ -207,4 +207,21 @@ Cursor = Annotated[
         "invalid_cursor",
         "is not one this API issued: pass next_cursor from the previous page unchanged",
     ),
+]
+
+
+# --- error groups --------------------------------------------------------------------------------
+
+GroupStatusFilter = Annotated[
+    GroupStatus,
+    BeforeValidator(lambda raw: raw.lower() if isinstance(raw, str) else raw),
+    Field(description="Case-insensitive."),
+    Invalid("invalid_status", f"must be one of {', '.join(s.value for s in GroupStatus)}"),
+]
+MAX_GROUP_ID = 2**31 - 1
+GroupId = Annotated[
+    int,
+    Field(ge=1, le=MAX_GROUP_ID),
+    BeforeValidator(_whole_number),
+    Invalid("error_group_not_found", "no error group with id {value}", status=404, whole=True),
 ]

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from ..config import Settings
 from ..logs import REQUEST_ID, emit, emit_lines
 from . import transitions
+from .fingerprints import fingerprint_exception
 from .registry import HandlerRegistry, PermanentError
 from .transitions import ClaimedEvent
 
@@ -154,8 +155,11 @@ def _describe(exc: BaseException) -> str:
     return message[:MAX_ERROR_LENGTH]
 
 
-def _traceback(exc: Exception) -> str:
-    return "".join(traceback.format_exception(exc))
+def _failure(exc: Exception) -> transitions.Failure:
+    """The attempt's error line, its traceback and its error group's fingerprint."""
+    return transitions.Failure(
+        _describe(exc), "".join(traceback.format_exception(exc)), fingerprint_exception(exc)
+    )
 
 
 class BatchSizer:
@@ -283,8 +287,9 @@ class Processor:
         delay = backoff_delay(
             claimed.attempt, settings.retry_base_seconds, settings.retry_max_seconds
         )
-        error = _describe(exc)
-        if transitions.schedule_retry(claimed, error, _traceback(exc), delay):
+        failure = _failure(exc)
+        error = failure.error
+        if self.database.finish_attempt(transitions.retry_later(claimed, failure, delay)):
             _log_claim(
                 logging.WARNING,
                 "retry",
@@ -299,8 +304,9 @@ class Processor:
             _log_claim(logging.WARNING, "claim_lost", claimed, seconds, error=error)
 
     def _to_dlq(self, claimed: ClaimedEvent, exc: Exception, seconds: float) -> None:
-        error = _describe(exc)
-        if transitions.fail_event(claimed, error, _traceback(exc)):
+        failure = _failure(exc)
+        error = failure.error
+        if self.database.finish_attempt(transitions.to_dlq(claimed, failure)):
             _log_claim(logging.ERROR, "failed", claimed, seconds, error=error)
             self.queue.record(failed=1)
         else:

@@ -14,7 +14,7 @@ from sqlalchemy import delete
 
 from ..config import Settings
 from ..extensions import db
-from ..models import Status, Worker, utcnow
+from ..models import ErrorGroupHour, Status, Worker, utcnow
 from . import transitions
 from .processing import log_attempt
 from .queue import QUEUE_ERRORS, EventQueue
@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 BATCH = 1000
 # A killed worker cannot remove its own heartbeat row: drop rows silent for this long.
 DEAD_WORKER_SECONDS = 3600
+# Error groups' hourly counts are kept this long (the Errors page reads the last 24 hours).
+ERROR_HOURS_KEPT = timedelta(days=7)
 
 
 @dataclass
@@ -38,7 +40,9 @@ def recover_orphans(queue: EventQueue, settings: Settings, report: RecoveryRepor
     for event_id, number, replayed, event_type, request_id in transitions.find_orphans(
         cutoff, BATCH
     ):
-        status = transitions.release_orphan(event_id, number, cutoff, settings.max_attempts)
+        status = transitions.release_orphan(
+            event_id, number, cutoff, settings.max_attempts, queue.database.finish_attempt
+        )
         if status is not None:  # its attempt ran for an unknown time: no duration
             level = logging.ERROR if status == Status.FAILED.value else logging.WARNING
             attempt = number - replayed
@@ -79,6 +83,14 @@ def forget_dead_workers() -> None:
     db.session.commit()
 
 
+def forget_old_error_hours() -> None:
+    """Delete error groups' hourly counts past ERROR_HOURS_KEPT (their totals stay)."""
+    db.session.execute(
+        delete(ErrorGroupHour).where(ErrorGroupHour.hour < utcnow() - ERROR_HOURS_KEPT)
+    )
+    db.session.commit()
+
+
 def recover(queue: EventQueue, settings: Settings) -> RecoveryReport:
     """One recovery pass; a queue outage is logged and the pass tried again next interval."""
     report = RecoveryReport()
@@ -86,6 +98,7 @@ def recover(queue: EventQueue, settings: Settings) -> RecoveryReport:
         recover_orphans(queue, settings, report)
         resend_lost_messages(queue, settings, report)
         forget_dead_workers()
+        forget_old_error_hours()
     except QUEUE_ERRORS as exc:
         logger.warning("recovery skipped, queue unreachable: %s", exc)
     if report.orphans_retried or report.orphans_failed or report.resent:

@@ -5,21 +5,49 @@ PROCESSING -> PENDING | RETRYING              (a claim given back before its han
 PROCESSING -> RETRYING -> PROCESSING ...      (a failed attempt with budget left)
 PROCESSING -> FAILED (the DLQ) -> PENDING     (out of attempts or permanent; replay)
 PROCESSING -> RETRYING | FAILED               (recovery: the worker holding it died)
+
+Every failed attempt is counted into its error group (fingerprints.py) by the same statement
+that moves its event (FINISH), and the event keeps the group of its latest failure.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, delete, func, insert, or_, select, text, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ..extensions import db
-from ..models import Event, EventAttempt, Outcome, Status, utcnow
+from ..models import (
+    ErrorGroup,
+    ErrorGroupHour,
+    ErrorGroupType,
+    Event,
+    EventAttempt,
+    GroupStatus,
+    Outcome,
+    Status,
+    utcnow,
+)
+from . import fingerprints
+from .fingerprints import Fingerprint
 
 WAITING = (Status.PENDING.value, Status.RETRYING.value)
 REPLAY_BATCH = 500
@@ -158,18 +186,17 @@ def _in_message_order(
     return claims
 
 
-def _close_attempt(
-    event_id: uuid.UUID,
-    number: int,
-    outcome: Outcome,
-    now: datetime,
-    error: str | None = None,
-    traceback: str | None = None,
-) -> None:
+def _close_attempt(end: AttemptEnd, now: datetime, group_id: int | None) -> None:
     db.session.execute(
         update(EventAttempt)
-        .where(EventAttempt.event_id == event_id, EventAttempt.number == number)
-        .values(outcome=outcome.value, finished_at=now, error=error, traceback=traceback)
+        .where(EventAttempt.event_id == end.event_id, EventAttempt.number == end.number)
+        .values(
+            outcome=end.outcome.value,
+            finished_at=now,
+            error=end.failure.error,
+            traceback=end.failure.traceback,
+            error_group_id=group_id,
+        )
     )
 
 
@@ -304,64 +331,197 @@ def release_claims(claims: list[ClaimedEvent]) -> list[uuid.UUID]:
     return released
 
 
-def _finish_attempt(
-    event_id: uuid.UUID,
-    number: int,
-    status: Status,
-    outcome: Outcome,
-    error: str,
-    traceback: str | None = None,
-    *,
-    due_in: float | None = None,
-    and_where: tuple[ColumnElement[bool], ...] = (),
-) -> bool:
-    """Close a held claim: move the event to `status`, unlocked, and record its attempt's outcome.
+@dataclass(frozen=True)
+class Failure:
+    """A failed attempt as recorded: its error line, traceback and error group's fingerprint."""
 
-    The guarded UPDATE (still PROCESSING under this attempt, and `and_where`) decides: False, with
-    nothing changed, if the claim was lost meanwhile. `due_in` seconds from now is when the event
-    is due again (None leaves next_attempt_at as it is).
+    error: str
+    traceback: str | None
+    fingerprint: Fingerprint
+
+
+WORKER_LOST = Failure(fingerprints.LOST_MESSAGE, None, fingerprints.LOST)
+
+
+@dataclass(frozen=True)
+class AttemptEnd:
+    """How a held claim ends in failure: the event's next status and its attempt's outcome.
+
+    The move is guarded (still PROCESSING under this attempt; with `locked_before`, also not
+    locked since then): if the claim was lost meanwhile, nothing changes. `due_in` seconds from
+    now is when the event is due again (None leaves next_attempt_at as it is).
     """
-    now = utcnow()
-    values: dict[str, object] = {"status": status.value, "last_error": error}
-    if due_in is not None:
-        values["next_attempt_at"] = now + timedelta(seconds=due_in)
+
+    event_id: uuid.UUID
+    number: int
+    event_type: str
+    status: Status
+    outcome: Outcome
+    failure: Failure
+    due_in: float | None = None
+    locked_before: datetime | None = None
+
+
+def retry_later(claimed: ClaimedEvent, failure: Failure, delay: float) -> AttemptEnd:
+    """RETRYING until now + delay."""
+    return AttemptEnd(
+        claimed.id, claimed.number, claimed.type, Status.RETRYING, Outcome.RETRY, failure, delay
+    )
+
+
+def to_dlq(claimed: ClaimedEvent, failure: Failure) -> AttemptEnd:
+    """FAILED: the DLQ."""
+    return AttemptEnd(
+        claimed.id, claimed.number, claimed.type, Status.FAILED, Outcome.FAILED, failure
+    )
+
+
+def _end_values(end: AttemptEnd, now: datetime) -> dict[str, Any]:
+    fingerprint = end.failure.fingerprint
+    return {
+        "event_id": str(end.event_id),
+        "number": end.number,
+        "type": end.event_type,
+        "status": end.status.value,
+        "outcome": end.outcome.value,
+        "error": end.failure.error,
+        "traceback": end.failure.traceback,
+        "fingerprint": fingerprint.digest,
+        "exception": fingerprint.exception[:255],
+        "message": fingerprint.message,
+        "frame": fingerprint.frame[:255],
+        "now": now,
+        "hour": now.replace(minute=0, second=0, microsecond=0),
+        "due": None if end.due_in is None else now + timedelta(seconds=end.due_in),
+        "locked_before": end.locked_before,
+    }
+
+
+# One statement per failed attempt, so grouping costs no round trip of its own: the error
+# group is created or counted (a resolved one reopens), with its per-type and per-hour counts,
+# and the guarded move of the event and the close of its attempt both point at it. When the
+# claim was lost, `moved` is empty and the caller rolls the whole statement back. Each failure
+# locks its group's row until commit: failures of one error commit one after another.
+FINISH = text(
+    """
+    WITH grp AS (
+        INSERT INTO error_groups AS g (fingerprint, exception, message, frame, status, count,
+                                       first_seen, last_seen, sample_error, sample_traceback)
+        VALUES (:fingerprint, :exception, :message, :frame, 'open', 1, :now, :now, :error,
+                :traceback)
+        ON CONFLICT (fingerprint) DO UPDATE
+        SET count = g.count + 1, last_seen = GREATEST(g.last_seen, EXCLUDED.last_seen),
+            status = CASE WHEN g.status = 'resolved' THEN 'open' ELSE g.status END
+        RETURNING g.id
+    ), per_type AS (
+        INSERT INTO error_group_types AS t (group_id, type, count) SELECT id, :type, 1 FROM grp
+        ON CONFLICT (group_id, type) DO UPDATE SET count = t.count + 1
+    ), per_hour AS (
+        INSERT INTO error_group_hours AS h (group_id, hour, count) SELECT id, :hour, 1 FROM grp
+        ON CONFLICT (group_id, hour) DO UPDATE SET count = h.count + 1
+    ), moved AS (
+        UPDATE events
+        SET status = :status, last_error = :error, locked_at = NULL, locked_by = NULL,
+            next_attempt_at = COALESCE(CAST(:due AS timestamptz), next_attempt_at),
+            error_group_id = (SELECT id FROM grp)
+        WHERE id = CAST(:event_id AS uuid) AND status = 'PROCESSING' AND attempts = :number
+          AND (CAST(:locked_before AS timestamptz) IS NULL OR locked_at < :locked_before)
+        RETURNING id
+    ), closed AS (
+        UPDATE event_attempts
+        SET outcome = :outcome, finished_at = :now, error = :error, traceback = :traceback,
+            error_group_id = (SELECT id FROM grp)
+        WHERE event_id = (SELECT id FROM moved) AND number = :number
+    )
+    SELECT id FROM moved
+    """
+)
+
+
+def finish_attempt(end: AttemptEnd) -> bool:
+    """Record a failed attempt and move its event; False, with nothing changed, if the claim
+    was lost meanwhile. PostgreSQL: one statement (FINISH); SQLite uses finish_attempt_portable.
+    """
+    moved = db.session.execute(FINISH, _end_values(end, utcnow())).one_or_none()
+    if moved is None:
+        db.session.rollback()
+        return False
+    db.session.commit()
+    return True
+
+
+def finish_attempt_portable(end: AttemptEnd) -> bool:
+    """finish_attempt for SQLite, a statement at a time (its upserts are SQLite's)."""
+    values = _end_values(end, utcnow())
+    now = values["now"]
+    guard = [*_held(end.event_id, end.number)]
+    if end.locked_before is not None:
+        guard.append(Event.locked_at < end.locked_before)
     moved = db.session.execute(
         update(Event)
-        .where(*_held(event_id, number), *and_where)
-        .values(**values, locked_at=None, locked_by=None)
+        .where(*guard)
+        .values(
+            status=end.status.value,
+            last_error=end.failure.error,
+            locked_at=None,
+            locked_by=None,
+            **({"next_attempt_at": values["due"]} if values["due"] is not None else {}),
+        )
         .returning(Event.id)
     ).one_or_none()
     if moved is None:
         db.session.rollback()
         return False
-    _close_attempt(event_id, number, outcome, now, error, traceback)
+    group = sqlite_insert(ErrorGroup).values(
+        fingerprint=values["fingerprint"],
+        exception=values["exception"],
+        message=values["message"],
+        frame=values["frame"],
+        status=GroupStatus.OPEN.value,
+        count=1,
+        first_seen=now,
+        last_seen=now,
+        sample_error=end.failure.error,
+        sample_traceback=end.failure.traceback,
+    )
+    group_id = db.session.scalar(
+        group.on_conflict_do_update(
+            index_elements=[ErrorGroup.fingerprint],
+            set_={
+                "count": ErrorGroup.count + 1,
+                "last_seen": now,
+                "status": case(
+                    (ErrorGroup.status == GroupStatus.RESOLVED.value, GroupStatus.OPEN.value),
+                    else_=ErrorGroup.status,
+                ),
+            },
+        ).returning(ErrorGroup.id)
+    )
+    for table, key in (
+        (ErrorGroupType, {"type": end.event_type}),
+        (ErrorGroupHour, {"hour": values["hour"]}),
+    ):
+        db.session.execute(
+            sqlite_insert(table)
+            .values(group_id=group_id, count=1, **key)
+            .on_conflict_do_update(
+                index_elements=[table.group_id, *key], set_={"count": table.count + 1}
+            )
+        )
+    db.session.execute(
+        update(Event).where(Event.id == end.event_id).values(error_group_id=group_id)
+    )
+    _close_attempt(end, now, group_id)
     db.session.commit()
     return True
 
 
-def schedule_retry(claimed: ClaimedEvent, error: str, traceback: str, delay: float) -> bool:
-    """Put the event in RETRYING until now + delay; False if the claim was lost meanwhile."""
-    return _finish_attempt(
-        claimed.id,
-        claimed.number,
-        Status.RETRYING,
-        Outcome.RETRY,
-        error,
-        traceback,
-        due_in=delay,
-    )
-
-
-def fail_event(claimed: ClaimedEvent, error: str, traceback: str) -> bool:
-    """Move the event to FAILED (the DLQ); False if the claim was lost meanwhile."""
-    return _finish_attempt(
-        claimed.id, claimed.number, Status.FAILED, Outcome.FAILED, error, traceback
-    )
-
-
-def replay_events(event_ids: list[uuid.UUID], *, commit: bool = True) -> list[uuid.UUID]:
+def replay_events(
+    event_ids: list[uuid.UUID], *also: ColumnElement[bool], commit: bool = True
+) -> list[uuid.UUID]:
     """FAILED -> PENDING with a fresh retry budget; attempt history is kept. Returns those moved.
 
+    `also`: conditions the events must still meet when they move (they were chosen by them).
     `commit=False` leaves the transaction open for the caller to add to (the audit entry).
     """
     if not event_ids:
@@ -369,7 +529,7 @@ def replay_events(event_ids: list[uuid.UUID], *, commit: bool = True) -> list[uu
     now = utcnow()
     moved = db.session.scalars(
         update(Event)
-        .where(Event.id.in_(event_ids), Event.status == Status.FAILED.value)
+        .where(Event.id.in_(event_ids), Event.status == Status.FAILED.value, *also)
         .values(
             status=Status.PENDING.value,
             replayed_attempts=Event.attempts,
@@ -384,29 +544,40 @@ def replay_events(event_ids: list[uuid.UUID], *, commit: bool = True) -> list[uu
     return list(moved)
 
 
-def replay_failed_in_batches(event_type: str | None = None) -> Iterator[list[uuid.UUID]]:
-    """Replay the DLQ as it stands now (of one type if given), a batch at a time."""
-    query = select(Event.id).where(Event.status == Status.FAILED.value)
+def replay_failed_in_batches(
+    event_type: str | None = None, error_group_id: int | None = None
+) -> Iterator[list[uuid.UUID]]:
+    """Replay the DLQ as it stands now (of one type, of one error group if given), a batch at a
+    time. An event that left the group meanwhile (replayed, failed otherwise) is left alone."""
+    conditions: list[ColumnElement[bool]] = []
     if event_type:
-        query = query.where(Event.type == event_type)
+        conditions.append(Event.type == event_type)
+    if error_group_id is not None:
+        conditions.append(Event.error_group_id == error_group_id)
+    query = select(Event.id).where(Event.status == Status.FAILED.value, *conditions)
     ids = list(db.session.scalars(query.order_by(Event.created_at)))
     db.session.rollback()
     for start in range(0, len(ids), REPLAY_BATCH):
-        moved = replay_events(ids[start : start + REPLAY_BATCH])
+        moved = replay_events(ids[start : start + REPLAY_BATCH], *conditions)
         if moved:
             yield moved
 
 
 def release_orphan(
-    event_id: uuid.UUID, number: int, cutoff: datetime, max_attempts: int
+    event_id: uuid.UUID,
+    number: int,
+    cutoff: datetime,
+    max_attempts: int,
+    finish: Callable[[AttemptEnd], bool],
 ) -> str | None:
     """Recover an event whose worker died: close its attempt as lost, then retry or fail it.
 
     The attempt counts against the budget, so an event that kills its worker every time
-    ends in the DLQ instead of looping. Returns the new status, or None if it was not orphaned.
+    ends in the DLQ instead of looping; it joins the error group of lost workers. `finish` is
+    the database's finish_attempt. Returns the new status, or None if it was not orphaned.
     """
     event = db.session.execute(
-        select(Event.attempts, Event.replayed_attempts).where(
+        select(Event.attempts, Event.replayed_attempts, Event.type).where(
             Event.id == event_id,
             Event.status == Status.PROCESSING.value,
             Event.attempts == number,
@@ -418,18 +589,9 @@ def release_orphan(
         return None
     exhausted = event.attempts - event.replayed_attempts >= max_attempts
     new_status = Status.FAILED if exhausted else Status.RETRYING
-    error = "worker lost while processing (no heartbeat within the visibility timeout)"
     # Due at once: a retry goes back to the queue now (and a failure's due time is unused).
-    released = _finish_attempt(
-        event_id,
-        number,
-        new_status,
-        Outcome.LOST,
-        error,
-        due_in=0,
-        and_where=(Event.locked_at < cutoff,),
-    )
-    return new_status.value if released else None
+    end = AttemptEnd(event_id, number, event.type, new_status, Outcome.LOST, WORKER_LOST, 0, cutoff)
+    return new_status.value if finish(end) else None
 
 
 def find_orphans(cutoff: datetime, limit: int) -> list[tuple[uuid.UUID, int, int, str, str | None]]:

@@ -1,14 +1,14 @@
 """Retention: when the daily purge last ran (one row per periodic job)
 
 Revision ID: 0011
-Revises: 0006
+Revises: 0007
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
