@@ -5,6 +5,7 @@ EVENTFLOW_RETENTION_DAYS the workers run it once per interval across all of them
 from __future__ import annotations
 
 import json
+import re
 import threading
 import uuid
 from datetime import datetime, timedelta
@@ -285,15 +286,22 @@ def test_a_purge_racing_ingest_and_a_worker_loses_nothing_it_should_keep(
 # --- the workers' daily run --------------------------------------------------------------------
 
 
+PURGE_LINE = re.compile(r"^purge: deleted ([\d,]+) event\(s\) .* batch\(es\), ([\d.]+) s ")
+
+
 def purge_runs(tmp_path, workers: int) -> list[tuple[datetime, int]]:
-    """(time, events deleted) of each purge the workers logged, in time order."""
+    """(start, events deleted) of each purge the workers logged, in time order: a line is
+    written when its purge ends, and says how long it took."""
     runs = []
     for n in range(workers):
         for text in (tmp_path / f"worker-{n}.log").read_text().splitlines():
             line = json.loads(text) if text.startswith("{") else {}
             if line.get("logger") == "eventflow.retention":
-                deleted = int(line["message"].split("deleted ", 1)[1].split()[0].replace(",", ""))
-                runs.append((datetime.fromisoformat(line["ts"].replace("Z", "+00:00")), deleted))
+                deleted, seconds = PURGE_LINE.match(line["message"]).groups()
+                ended = datetime.fromisoformat(line["ts"].replace("Z", "+00:00"))
+                runs.append(
+                    (ended - timedelta(seconds=float(seconds)), int(deleted.replace(",", "")))
+                )
     return sorted(runs)
 
 
