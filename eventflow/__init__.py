@@ -84,6 +84,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from .dashboard.live import register_live_stats, socketio_channel
     from .errors import register_error_handlers, register_jwt_errors
     from .extensions import INGEST_ENGINE_KEY, db, migrate
+    from .infrastructure import init_infrastructure
     from .ingest import init_ingest
     from .request_log import install_request_log
     from .security import init_security
@@ -91,6 +92,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from .tasks.queue import init_queue
 
     app.extensions[BACKEND_KEY] = backend
+    init_infrastructure(app, backend)
     db.init_app(app)
     with app.app_context():
         backend.database.prepare(db.engine)

@@ -29,6 +29,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 
+from . import infrastructure
 from .config import Settings
 from .models import Event, StatBucket
 from .tasks import transitions
@@ -111,6 +112,10 @@ class Database(Protocol):
         """The event's payload has this JSON scalar at this path (eventflow/filters.py)."""
         ...
 
+    def measure(self) -> infrastructure.DatabaseFigures:
+        """Its size and connections, for the infrastructure panel."""
+        ...
+
 
 class PostgreSQL:
     name = "postgresql"
@@ -152,6 +157,9 @@ class PostgreSQL:
             nested = {key: nested}
         # The column's type is JSON with a JSONB variant: as JSON, contains() would be LIKE.
         return type_coerce(Event.payload, JSONB).contains(nested)
+
+    def measure(self) -> infrastructure.DatabaseFigures:
+        return infrastructure.measure_postgresql()
 
 
 def _sqlite_pragmas(dbapi_connection: SQLiteConnection, _record: ConnectionPoolEntry) -> None:
@@ -204,6 +212,9 @@ class SQLite:
             # SQLite's integers are 64-bit: it reads a larger one in a payload as a real.
             value = float(value)
         return and_(kind.in_(("integer", "real")), field == value)
+
+    def measure(self) -> infrastructure.DatabaseFigures:
+        return infrastructure.measure_sqlite()
 
 
 # --- state the processes share --------------------------------------------------------------
@@ -324,6 +335,10 @@ class Broker(Protocol):
         """Raise if the queue cannot be reached."""
         ...
 
+    def measure(self) -> infrastructure.RedisFigures | None:
+        """Redis's memory and clients for the infrastructure panel (None: there is no Redis)."""
+        ...
+
 
 class RedisBroker:
     """Huey on Redis; counters in Redis; messages and counters go out in one round trip."""
@@ -351,6 +366,9 @@ class RedisBroker:
     def ping(self) -> None:
         self.client.ping()
 
+    def measure(self) -> infrastructure.RedisFigures:
+        return infrastructure.measure_redis(self.client)
+
 
 class SqliteBroker:
     """Huey's SQLite queue (one machine, no server); counters in the database."""
@@ -370,6 +388,9 @@ class SqliteBroker:
 
     def ping(self) -> None:
         self.huey.pending_count()
+
+    def measure(self) -> None:
+        return None
 
 
 # --- the choice -----------------------------------------------------------------------------

@@ -1,15 +1,18 @@
-"""Commands: `users create|set-role|delete|ensure-admin`, `worker`, `dlq list|replay`."""
+"""Commands: `users create|set-role|delete|ensure-admin`, `worker`, `dlq list|replay`,
+`events purge`."""
 
 from __future__ import annotations
 
 import logging
+import re
 import uuid
+from datetime import timedelta
 
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from . import events, users
+from . import events, retention, users
 from .errors import ApiError
 from .filters import EventFilter
 from .models import Role, Status
@@ -18,6 +21,7 @@ from .schemas.requests import DlqQuery, DlqReplay
 
 users_cli = AppGroup("users", help="Manage user accounts.")
 dlq_cli = AppGroup("dlq", help="Inspect and replay the dead-letter queue.")
+events_cli = AppGroup("events", help="Maintain the events table.")
 DEFAULT_ADMIN_EMAIL = "admin@example.com"
 
 
@@ -148,7 +152,76 @@ def dlq_replay(event_id: str | None, event_type: str | None) -> None:
         _fail(exc)
 
 
+class Age(click.ParamType[timedelta]):
+    """An age like 30d, 12h or 90m: a whole number of days, hours or minutes."""
+
+    name = "age"
+    UNITS = {"d": "days", "h": "hours", "m": "minutes"}
+    PATTERN = re.compile(r"^\s*([1-9][0-9]{0,5})\s*([dhm])\s*$")
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        match = self.PATTERN.match(str(value))
+        if match is None:
+            self.fail(f"{value!r} is not an age like 30d, 12h or 90m", param, ctx)
+        return timedelta(**{self.UNITS[match.group(2)]: int(match.group(1))})
+
+
+class StatusList(click.ParamType[tuple[Status, ...]]):
+    """Comma-separated event statuses, e.g. PROCESSED,DISCARDED."""
+
+    name = "statuses"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[Status, ...]:
+        if isinstance(value, tuple):
+            return value
+        names = [name.strip().upper() for name in str(value).split(",") if name.strip()]
+        unknown = [name for name in names if name not in Status.__members__]
+        if unknown or not names:
+            known = ", ".join(Status.__members__)
+            self.fail(f"{value!r} is not a list of statuses ({known})", param, ctx)
+        return tuple(Status[name] for name in names)
+
+
+@events_cli.command("purge")
+@click.option("--older-than", "older_than", type=Age(), required=True, help="e.g. 30d, 12h, 90m")
+@click.option(
+    "--status",
+    "statuses",
+    type=StatusList(),
+    default=",".join(s.value for s in retention.DEFAULT_STATUSES),
+    show_default=True,
+    help="Which finished events to delete; FAILED (the DLQ) only when named.",
+)
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, retention.MAX_BATCH),
+    default=retention.MAX_BATCH,
+    show_default=True,
+    help="Events deleted per transaction.",
+)
+def purge(
+    older_than: timedelta, statuses: tuple[Status, ...], dry_run: bool, batch_size: int
+) -> None:
+    """Delete finished events (and their attempts) created longer ago than --older-than."""
+    try:
+        report = retention.purge_events(
+            older_than, statuses, dry_run=dry_run, batch_size=batch_size
+        )
+    except ApiError as exc:
+        _fail(exc)
+    line = report.describe()
+    click.echo(line[0].upper() + line[1:])
+
+
 def register_cli(app: Flask) -> None:
     app.cli.add_command(users_cli)
     app.cli.add_command(dlq_cli)
+    app.cli.add_command(events_cli)
     app.cli.add_command(worker)

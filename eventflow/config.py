@@ -44,6 +44,10 @@ class Settings:
     session_idle_seconds: float = 1800.0
     session_max_seconds: float = 12 * 3600.0
     log_format: str = "text"  # json|text: the shape of every log line (eventflow/logs.py)
+    # Retention (CONTRACT section 11): the workers purge terminal events older than this many
+    # days (0 = never), once per interval across all workers.
+    retention_days: int = 0
+    retention_interval_seconds: float = 24 * 3600.0
     instance_path: str = ""
     queue_path: str = field(default="")
 
@@ -182,6 +186,8 @@ ENVIRONMENT_VARIABLES = (
     "EVENTFLOW_SESSION_IDLE_SECONDS",
     "EVENTFLOW_SESSION_MAX_SECONDS",
     "EVENTFLOW_LOG_FORMAT",
+    "EVENTFLOW_RETENTION_DAYS",
+    "EVENTFLOW_RETENTION_INTERVAL_SECONDS",
 )
 
 
@@ -228,6 +234,10 @@ def load_settings(env: Mapping[str, str] | None = None, instance_path: str = "")
         session_idle_seconds=_number(env, "EVENTFLOW_SESSION_IDLE_SECONDS", 1800.0, minimum=1),
         session_max_seconds=_number(env, "EVENTFLOW_SESSION_MAX_SECONDS", 12 * 3600.0, minimum=1),
         log_format=log_format(env),
+        retention_days=_integer(env, "EVENTFLOW_RETENTION_DAYS", 0, minimum=0, maximum=36500),
+        retention_interval_seconds=_number(
+            env, "EVENTFLOW_RETENTION_INTERVAL_SECONDS", 24 * 3600.0, minimum=0.1
+        ),
         instance_path=instance_path,
         queue_path=str(Path(instance_path) / "queue.sqlite3"),
     )

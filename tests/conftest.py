@@ -33,7 +33,7 @@ DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eventflow_test"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
 TABLES = (
     "audit_log, event_attempts, events, revoked_tokens, users, workers, stat_buckets, "
-    "error_group_hours, error_group_types, error_groups, event_counts, "
+    "error_group_hours, error_group_types, error_groups, event_counts, periodic_runs, "
     "bulk_action_items, bulk_actions, payload_versions"
 )
 # Fast pipeline settings so retry and recovery tests finish in seconds.

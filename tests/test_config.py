@@ -58,6 +58,9 @@ def test_durations_accept_fractions_and_urls_are_normalised():
         ({"EVENTFLOW_SOCKET_AUTH_TIMEOUT_SECONDS": "never"}, "EVENTFLOW_SOCKET_AUTH_TIMEOUT"),
         ({"JWT_REFRESH_TOKEN_EXPIRES_SECONDS": "0"}, "JWT_REFRESH_TOKEN_EXPIRES_SECONDS"),
         ({"EVENTFLOW_LOG_FORMAT": "yaml"}, "EVENTFLOW_LOG_FORMAT"),
+        ({"EVENTFLOW_RETENTION_DAYS": "30d"}, "EVENTFLOW_RETENTION_DAYS"),
+        ({"EVENTFLOW_RETENTION_DAYS": "-1"}, "EVENTFLOW_RETENTION_DAYS"),
+        ({"EVENTFLOW_RETENTION_INTERVAL_SECONDS": "0"}, "EVENTFLOW_RETENTION_INTERVAL"),
     ],
 )
 def test_bad_values_are_refused_naming_the_setting(env, named):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,11 +43,32 @@ def format_ms(value: Any) -> str:
     return f"{ms / 60_000:,.1f} min"
 
 
+def format_bytes(value: Any) -> str:
+    """A size in binary units: '812 B', '1.5 MiB', '12.3 GiB'; None -> an em dash."""
+    if value is None:
+        return "—"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
+        size /= 1024
+    return f"{size:,.1f} TiB"
+
+
 def format_time(moment: datetime | None) -> str:
     """'2025-11-25 03:12:44 UTC'; None -> an em dash."""
     if moment is None:
         return "—"
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def unix_clock(seconds: float) -> str:
+    """A Unix time as '03:12:44 UTC'."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%H:%M:%S UTC")
+
+
+def unix_iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat()
 
 
 def iso_time(moment: datetime | None) -> str:
@@ -97,16 +119,20 @@ def spark_bars(counts: list[int]) -> list[tuple[float, float, float, float]]:
 
 
 def register_filters(bp: Blueprint) -> None:
-    for name, func in {
+    filters: dict[str, Callable[..., str]] = {
         "count": format_count,
         "total": format_total,
         "rate": format_rate,
         "ms": format_ms,
+        "bytes": format_bytes,
         "utc": format_time,
         "iso": iso_time,
+        "unix_clock": unix_clock,
+        "unix_iso": unix_iso,
         "pretty_json": pretty_json,
         "short_id": short_id,
-    }.items():
+    }
+    for name, func in filters.items():
         bp.add_app_template_filter(func, name)
     bp.add_app_template_global(duration_between, "duration_between")
     bp.add_app_template_global(spark_bars, "spark_bars")

@@ -20,6 +20,7 @@ from flask_wtf.csrf import CSRFError
 
 from .. import audit, events, ingest, users
 from ..errors import ApiError, retry_after_seconds
+from ..infrastructure import read_infrastructure
 from ..models import Status
 from ..schemas.parsing import parse_event_id, parse_json, parse_query, validate
 from ..schemas.requests import AuditQuery, DlqReplay, EventQuery
@@ -139,7 +140,15 @@ def overview() -> ResponseReturnValue:
         stats = snapshot(get_queue().stats)
     except QUEUE_ERRORS:
         stats = None  # the page still loads; the live feed fills it in when the queue is back
-    return render_template("dashboard/overview.html", stats=stats)
+    return render_template("dashboard/overview.html", stats=stats, infra=read_infrastructure())
+
+
+@bp.get("/infrastructure")
+def show_infrastructure() -> ResponseReturnValue:
+    """The Overview's infrastructure panel, which polls this every few seconds."""
+    if not wants_fragment():
+        return redirect(url_for("dashboard.overview"))
+    return render_template("dashboard/partials/infrastructure.html", infra=read_infrastructure())
 
 
 def _filters(names: tuple[str, ...]) -> dict[str, str]:

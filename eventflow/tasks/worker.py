@@ -1,4 +1,5 @@
-"""The worker process: a Huey consumer, plus a heartbeat and the periodic recovery pass."""
+"""The worker process: a Huey consumer, plus a heartbeat, the periodic recovery pass and the
+periodic purge (retention)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import threading
 from flask import Flask
 from sqlalchemy import delete
 
+from ..backend import SharedState
 from ..config import Settings
 from ..extensions import db
 from ..models import Worker, utcnow
+from ..retention import run_retention
 from . import transitions
 from .processing import MAX_BATCH, Processor, worker_id
 from .queue import EventQueue
@@ -21,6 +24,9 @@ from .recovery import recover
 
 logger = logging.getLogger(__name__)
 RECOVERY_LOCK = "eventflow:recovery-lock"
+RETENTION_LOCK = "eventflow:retention-lock"
+# Held while a purge runs, renewed after every batch (one batch takes well under this).
+RETENTION_LEASE_MS = 60_000
 
 
 class Heartbeat:
@@ -103,6 +109,40 @@ def _recovery_loop(
                 logger.exception("recovery pass failed")
 
 
+def _retention_loop(
+    app: Flask, shared: SharedState, settings: Settings, stop: threading.Event
+) -> None:
+    """Purge old finished events once per retention interval, by one worker of all of them.
+
+    The lease keeps a second worker from starting while one purges; the database's record of
+    the last run (retention.claim_run) decides whether a run is due, so a restart, a flushed
+    Redis or the embedded default (whose lease no other process sees) never runs it twice.
+    """
+    me = worker_id()
+
+    def renew() -> bool:
+        return shared.hold(RETENTION_LOCK, me, RETENTION_LEASE_MS)
+
+    while not stop.wait(
+        min(settings.recovery_interval_seconds, settings.retention_interval_seconds)
+    ):
+        with app.app_context():
+            try:
+                if not renew():
+                    continue
+                try:
+                    run_retention(
+                        settings.retention_days,
+                        settings.retention_interval_seconds,
+                        after_batch=renew,
+                    )
+                finally:
+                    shared.release(RETENTION_LOCK, me)
+            except Exception:
+                db.session.rollback()
+                logger.exception("retention run failed")
+
+
 def run_worker(app: Flask, processor: Processor, workers: int, processes: bool) -> None:
     """Run until SIGTERM or Ctrl-C; both let in-flight events finish before exiting."""
     queue, settings = processor.queue, processor.settings
@@ -142,6 +182,18 @@ def run_worker(app: Flask, processor: Processor, workers: int, processes: bool) 
         daemon=True,
     )
     recovery.start()
+    if settings.retention_days:
+        logger.info(
+            "retention: finished events older than %d day(s) purged every %gs",
+            settings.retention_days,
+            settings.retention_interval_seconds,
+        )
+        threading.Thread(
+            target=_retention_loop,
+            args=(app, queue.broker.shared, settings, stop),
+            name="eventflow-retention",
+            daemon=True,
+        ).start()
     logger.info(
         "worker %s: %d %s, recovery every %gs, visibility timeout %gs",
         worker_id(),
