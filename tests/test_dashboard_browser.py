@@ -271,6 +271,18 @@ def test_failure_appears_in_the_dlq_live_and_replay_makes_it_processed(
     expect(page.locator(".attempt-failed .traceback")).to_contain_text("Traceback")
     shot(page, "event-detail")
 
+    # The replay is in the audit log, once, with who did it.
+    page.locator(".nav").get_by_role("link", name="Audit").click()
+    replays = page.locator('tr[data-action="replay"]')
+    expect(replays).to_have_count(1)
+    expect(replays).to_contain_text(admin.email)
+    expect(replays).to_contain_text(toggle)
+    page.get_by_label("Action").select_option("replay")
+    page.get_by_role("button", name="Filter").click()
+    expect(page).to_have_url(re.compile(r"action=replay"))
+    expect(page.locator("tbody tr")).to_have_count(1)
+    shot(page, "audit")
+
 
 def test_replay_all_asks_for_confirmation_and_reports_the_count(app, live_server, admin, page):
     with app.app_context():
