@@ -7,15 +7,14 @@ describes (or not at all). Nothing in the application updates or deletes an entr
 from __future__ import annotations
 
 import enum
-import math
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
 
 from .extensions import db
 from .models import AuditEntry, User
+from .pages import NumberedPage
 
 # The actor of actions taken with the `flask` command line (no user logged in there).
 COMMAND_LINE = "command line"
@@ -70,20 +69,7 @@ def actor_of(user_id: uuid.UUID | None) -> User | None:
     return db.session.get(User, user_id) if user_id is not None else None
 
 
-@dataclass(frozen=True)
-class AuditPage:
-    items: list[AuditEntry]
-    page: int
-    limit: int
-    total: int
-
-    @property
-    def pages(self) -> int:
-        return math.ceil(self.total / self.limit)
-
-    @property
-    def deepest_page(self) -> int:
-        return self.pages
+AuditPage = NumberedPage[AuditEntry]
 
 
 def list_entries(

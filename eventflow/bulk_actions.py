@@ -6,9 +6,7 @@ Shared by the API and the dashboard. The workers run them a batch at a time
 
 from __future__ import annotations
 
-import math
 import uuid
-from dataclasses import dataclass
 from datetime import timedelta
 
 from flask import current_app
@@ -39,22 +37,14 @@ from .models import (
     User,
     utcnow,
 )
+from .pages import NumberedPage
 from .tasks.bulk import send_bulk_action
 
 ACTIONS = ("replay", "discard")
 AUDITED_AS = {"replay": "bulk_replay", "discard": "bulk_discard"}
 
 
-@dataclass(frozen=True)
-class BulkActionPage:
-    items: list[BulkAction]
-    page: int
-    limit: int
-    total: int
-
-    @property
-    def pages(self) -> int:
-        return math.ceil(self.total / self.limit) if self.total else 0
+BulkActionPage = NumberedPage[BulkAction]
 
 
 def _matching(actor: User | None, event_filter: EventFilter) -> list[ColumnElement[bool]]:

@@ -7,7 +7,6 @@ of events in the DLQ stop at FAILED_CAP, so a page costs the same with a million
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -28,6 +27,7 @@ from .models import (
     User,
     utcnow,
 )
+from .pages import NumberedPage
 from .schemas.rules import DEFAULT_LIMIT
 from .tasks import transitions
 from .tasks.queue import get_queue
@@ -56,21 +56,7 @@ class GroupView:
         return self.failed_events > FAILED_CAP
 
 
-@dataclass(frozen=True)
-class GroupPage:
-    items: list[GroupView]
-    page: int
-    limit: int
-    total: int
-
-    @property
-    def pages(self) -> int:
-        return math.ceil(self.total / self.limit) if self.total else 0
-
-    @property
-    def deepest_page(self) -> int:
-        """The last page that may be asked for."""
-        return max(1, MAX_PAGE_DEPTH // self.limit)
+GroupPage = NumberedPage[GroupView]
 
 
 def list_groups(

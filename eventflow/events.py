@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import select, tuple_
 
-from . import audit, counts, filters
+from . import audit, counts, filters, pages
 from .errors import ApiError
 from .extensions import db
 from .filters import EventFilter
@@ -29,7 +29,7 @@ MAX_DLQ_TYPES = 200
 EVERY_EVENT = EventFilter()
 # Numbered pages reach this many rows deep (page * limit): deeper OFFSETs make the database
 # read and discard every row before the page. Past it, clients page by cursor.
-MAX_PAGE_DEPTH = 10_000
+MAX_PAGE_DEPTH = pages.MAX_PAGE_DEPTH
 
 
 @dataclass(frozen=True)

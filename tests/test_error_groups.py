@@ -23,7 +23,13 @@ MAX_ATTEMPTS = 3
 @pytest.fixture(scope="module")
 def module_worker(migrated, base_env, tmp_path_factory):
     log = tmp_path_factory.mktemp("worker") / "worker.log"
-    env = {**base_env, "EVENTFLOW_MAX_ATTEMPTS": str(MAX_ATTEMPTS)}
+    # A long visibility timeout: on a busy machine a slow heartbeat must not make recovery
+    # presume an attempt lost (a fourth group, WorkerLost, of its own).
+    env = {
+        **base_env,
+        "EVENTFLOW_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
+        "EVENTFLOW_VISIBILITY_TIMEOUT_SECONDS": "120",
+    }
     proc = processes.start_worker(env, log, "--workers", "2")
     yield proc
     proc.stop()

@@ -26,8 +26,10 @@ def test_get_event_returns_the_documented_fields(client, auth):
         "last_error",
         "created_at",
         "processed_at",
+        "payload_versions",  # the earlier payloads an edit-and-replay kept
     }
     assert body["id"] == event_id
+    assert body["payload_versions"] == []
     assert body["status"] == "PENDING"
     assert body["attempts"] == 0
     assert body["result"] is None and body["processed_at"] is None

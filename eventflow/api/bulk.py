@@ -3,6 +3,7 @@
 import uuid
 
 from .. import bulk_actions
+from ..filters import EventFilter
 from ..models import BulkAction
 from ..schemas.requests import BulkActionPath, BulkActionQuery, BulkActionRequest
 from ..schemas.responses import BulkActionList, BulkActionStarted, BulkActionView, BulkMatched
@@ -41,7 +42,7 @@ READ_ACTION = {
     links={202: READ_ACTION},
 )
 def create_bulk_action(body: BulkActionRequest) -> tuple[dict[str, object], int]:
-    event_filter = body.filter.to_filter()
+    event_filter = body.filter.to_filter() if body.filter else EventFilter()
     if body.dry_run:
         return {"matched": bulk_actions.count_matching(acting_user(), event_filter)}, 200
     bulk = bulk_actions.create_bulk_action(acting_user(), body.action, event_filter, body.note)

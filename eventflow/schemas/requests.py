@@ -259,7 +259,7 @@ class EventFilterBody(JsonObject, EventFilterFields):
     model_config = ConfigDict(extra="forbid", strict=False)
 
     error_group: ErrorGroupIdJson | None = None
-    payload: PayloadBody = ()
+    payload: PayloadBody = Field(default_factory=tuple)  # no default in the schema: an object
 
 
 class DlqQuery(_Paged):
@@ -279,7 +279,7 @@ class BulkActionRequest(JsonObject):
     action: Annotated[
         Literal["replay", "discard"], Invalid("invalid_action", "must be replay or discard")
     ]
-    filter: EventFilterBody = Field(default_factory=lambda: EventFilterBody.model_validate({}))
+    filter: EventFilterBody | None = Field(None, description="Left out: every FAILED event.")
     dry_run: Annotated[bool, Invalid("invalid_dry_run", "must be true or false")] = False
     note: Annotated[
         str | None, Field(max_length=1000), Invalid("invalid_note", "must be text, at most 1000")
