@@ -1,5 +1,5 @@
 """Commands: `users create|set-role|delete|ensure-admin`, `worker`, `dlq list|replay`,
-`events purge`."""
+`events purge`, `types list|pause|resume`."""
 
 from __future__ import annotations
 
@@ -12,16 +12,17 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from . import events, retention, users
+from . import event_types, events, retention, users
 from .errors import ApiError
 from .filters import EventFilter
 from .models import Role, Status
 from .schemas.parsing import parse_event_id, parse_query, validate
-from .schemas.requests import DlqQuery, DlqReplay
+from .schemas.requests import DlqQuery, DlqReplay, TypePath
 
 users_cli = AppGroup("users", help="Manage user accounts.")
 dlq_cli = AppGroup("dlq", help="Inspect and replay the dead-letter queue.")
 events_cli = AppGroup("events", help="Maintain the events table.")
+types_cli = AppGroup("types", help="Pause and resume event types; show their state.")
 DEFAULT_ADMIN_EMAIL = "admin@example.com"
 
 
@@ -220,8 +221,50 @@ def purge(
     click.echo(line[0].upper() + line[1:])
 
 
+def _describe_type(view: event_types.TypeView) -> str:
+    state = (
+        f"paused by {view.paused_by} at {view.paused_at:%Y-%m-%d %H:%M:%S}Z"
+        if view.paused
+        else "running"
+    )
+    counts = " ".join(f"{status}={n}" for status, n in view.counts.items())
+    return f"{view.type:<24} {state}  max_attempts={view.policy.max_attempts}  {counts}"
+
+
+@types_cli.command("list")
+def types_list() -> None:
+    """Every type with a handler, events, or a pause: its state, policy and counts."""
+    for view in event_types.list_types():
+        click.echo(_describe_type(view))
+
+
+@types_cli.command("pause")
+@click.argument("event_type")
+def types_pause(event_type: str) -> None:
+    """Pause a type: its events are accepted and wait; no worker takes them."""
+    try:
+        name = validate(TypePath, {"event_type": event_type}, "path").event_type
+    except ApiError as exc:
+        _fail(exc)
+    click.echo(_describe_type(event_types.pause_type(None, name)))
+
+
+@types_cli.command("resume")
+@click.argument("event_type")
+def types_resume(event_type: str) -> None:
+    """Resume a paused type: its waiting events go to the workers."""
+    try:
+        name = validate(TypePath, {"event_type": event_type}, "path").event_type
+    except ApiError as exc:
+        _fail(exc)
+    view, sent = event_types.resume_type(None, name)
+    click.echo(_describe_type(view))
+    click.echo(f"{sent} waiting event(s) sent to the workers")
+
+
 def register_cli(app: Flask) -> None:
     app.cli.add_command(users_cli)
     app.cli.add_command(dlq_cli)
     app.cli.add_command(events_cli)
+    app.cli.add_command(types_cli)
     app.cli.add_command(worker)

@@ -63,3 +63,15 @@ def count_matching(conditions: list[ColumnElement[bool]]) -> Total:
     matching = select(Event.id).where(*conditions).limit(CAP + 1).subquery()
     n = db.session.scalar(select(func.count()).select_from(matching)) or 0
     return Total(CAP, capped=True) if n > CAP else Total(n)
+
+
+def count_by_type_and_status() -> dict[str, dict[str, int]]:
+    """Events per type, then per status, from the counters; types with no events left out."""
+    query = select(EventCount.type, EventCount.status, func.sum(EventCount.count)).group_by(
+        EventCount.type, EventCount.status
+    )
+    counts: dict[str, dict[str, int]] = {}
+    for event_type, status, n in db.session.execute(query):
+        if n:
+            counts.setdefault(event_type, {})[status] = int(n)
+    return counts

@@ -415,3 +415,17 @@ class PeriodicRun(Model):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     last_run_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class PausedType(Model):
+    """An event type whose events wait: accepted, never claimed, until it is resumed.
+
+    Small (a row per paused type), so the claim checks it in the same statement for every batch.
+    """
+
+    __tablename__ = "paused_types"
+
+    type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # Who paused it, as the audit log names them (an e-mail, or the command line).
+    paused_by: Mapped[str] = mapped_column(String(320))
+    paused_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -99,3 +99,10 @@ def needs_fix(event):
     if not event.payload.get("fixed"):
         raise PermanentError("the payload needs fixing")
     return {"fixed": True}
+
+
+@handler("TEST_TWO_ATTEMPTS", max_attempts=2, retry_base_seconds=0.01, retry_max_seconds=0.05)
+def two_attempts(event):
+    """Always fails; its own policy gives it 2 attempts (the tests' global is the default 5)."""
+    _effect(event)
+    raise RuntimeError(f"attempt {event.attempt} of 2 failed")

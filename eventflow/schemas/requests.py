@@ -343,3 +343,9 @@ class GroupStatusChange(JsonObject):
         Literal["open", "resolved", "ignored"],
         Invalid("invalid_status", "must be one of open, resolved, ignored"),
     ]
+
+
+class TypePath(BaseModel):
+    """/types/{event_type}/…: any valid type name, with or without a handler or events."""
+
+    event_type: EventType

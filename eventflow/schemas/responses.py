@@ -273,3 +273,33 @@ class BulkActionList(Out):
     limit: int
     total: int
     pages: int
+
+
+# --- event types ---------------------------------------------------------------------------------
+
+
+class TypePolicy(Out):
+    """The type's retry policy: its handler's @handler(...) values over the global settings."""
+
+    max_attempts: int
+    retry_base_seconds: float
+    retry_max_seconds: float
+
+
+class TypeCounts(Out):
+    """The type's events by status, from the counters kept as events move."""
+
+    pending: int
+    processing: int
+    retrying: int
+    failed: int
+    processed: int
+
+
+class TypeState(Out):
+    type: str
+    paused: bool = Field(description="Its events are accepted and wait; no worker takes them.")
+    paused_by: str | None = Field(description="Who paused it: an e-mail, or `command line`.")
+    paused_at: UtcDatetime | None
+    policy: TypePolicy
+    counts: TypeCounts

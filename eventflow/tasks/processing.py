@@ -25,7 +25,7 @@ from ..config import Settings
 from ..logs import REQUEST_ID, emit, emit_lines
 from . import transitions
 from .fingerprints import fingerprint_exception
-from .registry import HandlerRegistry, PermanentError
+from .registry import HandlerRegistry, PermanentError, RetryPolicy
 from .transitions import ClaimedEvent
 
 if TYPE_CHECKING:
@@ -256,10 +256,11 @@ class Processor:
             self._to_dlq(claimed, exc, time.perf_counter() - began)
         except Exception as exc:
             seconds = time.perf_counter() - began
-            if claimed.attempt >= self.settings.max_attempts:
+            policy = self.handlers.policy(claimed.type, self.settings)
+            if claimed.attempt >= policy.max_attempts:
                 self._to_dlq(claimed, exc, seconds)
             else:
-                self._retry(claimed, exc, seconds)
+                self._retry(claimed, exc, seconds, policy)
         finally:
             REQUEST_ID.reset(context)
         return None
@@ -282,11 +283,10 @@ class Processor:
         if latencies:
             self.queue.record_latencies(latencies.values(), processed=len(latencies))
 
-    def _retry(self, claimed: ClaimedEvent, exc: Exception, seconds: float) -> None:
-        settings = self.settings
-        delay = backoff_delay(
-            claimed.attempt, settings.retry_base_seconds, settings.retry_max_seconds
-        )
+    def _retry(
+        self, claimed: ClaimedEvent, exc: Exception, seconds: float, policy: RetryPolicy
+    ) -> None:
+        delay = backoff_delay(claimed.attempt, policy.retry_base_seconds, policy.retry_max_seconds)
         failure = _failure(exc)
         error = failure.error
         if self.database.finish_attempt(transitions.retry_later(claimed, failure, delay)):

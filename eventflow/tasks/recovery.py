@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
+from flask import current_app
 from sqlalchemy import delete
 
 from ..config import Settings
@@ -18,7 +19,8 @@ from ..models import ErrorGroupHour, Status, Worker, utcnow
 from . import transitions
 from .bulk import resume_bulk_actions
 from .processing import log_attempt
-from .queue import QUEUE_ERRORS, EventQueue
+from .queue import QUEUE_ERRORS, EventQueue, processor_of
+from .registry import HandlerRegistry
 
 logger = logging.getLogger(__name__)
 BATCH = 1000
@@ -36,14 +38,18 @@ class RecoveryReport:
     bulk_actions_resent: int = 0
 
 
-def recover_orphans(queue: EventQueue, settings: Settings, report: RecoveryReport) -> None:
-    """PROCESSING events whose worker stopped refreshing the lock: retry them (or DLQ them)."""
+def recover_orphans(
+    queue: EventQueue, settings: Settings, handlers: HandlerRegistry, report: RecoveryReport
+) -> None:
+    """PROCESSING events whose worker stopped refreshing the lock: retry them (or DLQ them, by
+    their type's policy)."""
     cutoff = utcnow() - timedelta(seconds=settings.visibility_timeout_seconds)
     for event_id, number, replayed, event_type, request_id in transitions.find_orphans(
         cutoff, BATCH
     ):
+        max_attempts = handlers.policy(event_type, settings).max_attempts
         status = transitions.release_orphan(
-            event_id, number, cutoff, settings.max_attempts, queue.database.finish_attempt
+            event_id, number, cutoff, max_attempts, queue.database.finish_attempt
         )
         if status is not None:  # its attempt ran for an unknown time: no duration
             level = logging.ERROR if status == Status.FAILED.value else logging.WARNING
@@ -93,11 +99,18 @@ def forget_old_error_hours() -> None:
     db.session.commit()
 
 
-def recover(queue: EventQueue, settings: Settings) -> RecoveryReport:
-    """One recovery pass; a queue outage is logged and the pass tried again next interval."""
+def recover(
+    queue: EventQueue, settings: Settings, handlers: HandlerRegistry | None = None
+) -> RecoveryReport:
+    """One recovery pass; a queue outage is logged and the pass tried again next interval.
+
+    Paused types are left alone (transitions.py). `handlers` give the types' retry policies
+    (by default, the current app's).
+    """
+    handlers = handlers or processor_of(current_app).handlers
     report = RecoveryReport()
     try:
-        recover_orphans(queue, settings, report)
+        recover_orphans(queue, settings, handlers, report)
         resend_lost_messages(queue, settings, report)
         report.bulk_actions_resent = resume_bulk_actions(settings)
         forget_dead_workers()

@@ -7,6 +7,10 @@ PROCESSING -> FAILED (the DLQ) -> PENDING     (out of attempts or permanent; rep
 FAILED -> DISCARDED                           (discard: terminal, kept, out of the DLQ)
 PROCESSING -> RETRYING | FAILED               (recovery: the worker holding it died)
 
+Events of a paused type (paused_types) wait: the claim skips them and recovery neither re-sends
+nor releases them, so nothing moves them until the type is resumed. One already PROCESSING
+when the pause lands finishes as it would have.
+
 Every failed attempt is counted into its error group (fingerprints.py) by the same statement
 that moves its event (FINISH), and the event keeps the group of its latest failure.
 """
@@ -44,6 +48,7 @@ from ..models import (
     EventAttempt,
     GroupStatus,
     Outcome,
+    PausedType,
     PayloadVersion,
     Status,
     utcnow,
@@ -76,7 +81,8 @@ class ClaimedEvent:
 # opens an attempt row for each event it took. The guard is a CASE on purpose: written as
 # plain conditions it lets the planner scan recovery's partial index of waiting events (the
 # whole backlog, for every claim) when its statistics are stale; this way only the ids can
-# find the rows, by primary key, however long the backlog.
+# find the rows, by primary key, however long the backlog. Paused types are skipped with one
+# look at their small table per statement (a hashed subplan), not a query per event.
 CLAIM = text(
     """
     WITH claimed AS (
@@ -86,6 +92,7 @@ CLAIM = text(
           AND CASE WHEN status IN ('PENDING', 'RETRYING')
                    THEN next_attempt_at IS NULL OR next_attempt_at <= :now
                    ELSE false END
+          AND type NOT IN (SELECT type FROM paused_types)
         RETURNING id, type, payload, user_id, created_at, attempts, replayed_attempts, request_id
     ), opened AS (
         INSERT INTO event_attempts (event_id, number, worker, started_at, outcome)
@@ -98,8 +105,14 @@ CLAIM = text(
 )
 
 
+def not_paused() -> ColumnElement[bool]:
+    """The event's type is not paused."""
+    return Event.type.not_in(select(PausedType.type))
+
+
 def claim_events(event_ids: list[uuid.UUID], worker_id: str) -> list[ClaimedEvent]:
-    """Atomically take the due PENDING/RETRYING events among these and open an attempt for each.
+    """Atomically take the due PENDING/RETRYING events among these (of types not paused) and
+    open an attempt for each.
 
     One transaction however many: the others (processed, claimed, not due) are not returned.
     PostgreSQL: one statement (CLAIM); SQLite uses claim_events_portable (eventflow/backend.py).
@@ -141,6 +154,7 @@ def claim_events_portable(event_ids: list[uuid.UUID], worker_id: str) -> list[Cl
             Event.id.in_(event_ids),
             Event.status.in_(WAITING),
             or_(Event.next_attempt_at.is_(None), Event.next_attempt_at <= now),
+            not_paused(),
         )
         .values(
             status=Status.PROCESSING.value,
@@ -651,13 +665,14 @@ def release_orphan(
 
 
 def find_orphans(cutoff: datetime, limit: int) -> list[tuple[uuid.UUID, int, int, str, str | None]]:
-    """PROCESSING events whose lock has not been refreshed since the cutoff.
+    """PROCESSING events whose lock has not been refreshed since the cutoff (paused types' wait
+    for their resume: releasing one could fail it).
 
     Rows of (id, attempts, replayed_attempts, type, request_id): the last three for the log.
     """
     rows = db.session.execute(
         select(Event.id, Event.attempts, Event.replayed_attempts, Event.type, Event.request_id)
-        .where(Event.status == Status.PROCESSING.value, Event.locked_at < cutoff)
+        .where(Event.status == Status.PROCESSING.value, Event.locked_at < cutoff, not_paused())
         .order_by(Event.locked_at)
         .limit(limit)
     ).all()
@@ -666,9 +681,9 @@ def find_orphans(cutoff: datetime, limit: int) -> list[tuple[uuid.UUID, int, int
 
 
 def count_waiting() -> int:
-    """Events that should have a message in the queue (or its schedule)."""
+    """Events that should have a message in the queue (or its schedule): paused types' need none."""
     waiting = db.session.scalar(
-        select(func.count()).select_from(Event).where(Event.status.in_(WAITING))
+        select(func.count()).select_from(Event).where(Event.status.in_(WAITING), not_paused())
     )
     return waiting or 0
 
@@ -682,7 +697,7 @@ def touch_waiting(cutoff: datetime, limit: int) -> list[uuid.UUID]:
     ids = list(
         db.session.scalars(
             select(Event.id)
-            .where(Event.status.in_(WAITING), Event.next_attempt_at < cutoff)
+            .where(Event.status.in_(WAITING), Event.next_attempt_at < cutoff, not_paused())
             .order_by(Event.next_attempt_at)
             .limit(limit)
         )
@@ -700,6 +715,27 @@ def touch_waiting(cutoff: datetime, limit: int) -> list[uuid.UUID]:
         )
     db.session.commit()
     return ids
+
+
+def waiting_of_type(
+    event_type: str, batch: int
+) -> Iterator[list[tuple[uuid.UUID, datetime | None]]]:
+    """The type's PENDING/RETRYING events as (id, next_attempt_at), a batch at a time by id."""
+    after: uuid.UUID | None = None
+    while True:
+        query = select(Event.id, Event.next_attempt_at).where(
+            Event.type == event_type, Event.status.in_(WAITING)
+        )
+        if after is not None:
+            query = query.where(Event.id > after)
+        rows = [
+            (row[0], row[1]) for row in db.session.execute(query.order_by(Event.id).limit(batch))
+        ]
+        db.session.rollback()
+        if not rows:
+            return
+        yield rows
+        after = rows[-1][0]
 
 
 def refresh_locks(event_ids: list[uuid.UUID], worker_id: str) -> None:
