@@ -273,3 +273,22 @@ class BulkActionList(Out):
     limit: int
     total: int
     pages: int
+
+
+# --- alerts --------------------------------------------------------------------------------------
+
+
+class AlertRuleView(Out):
+    alert: Literal["dlq_size", "oldest_pending_seconds", "no_workers", "new_error_group"]
+    state: Literal["firing", "ok"]
+    value: Any = Field(
+        description="As last measured: a number (null when no worker has ever reported), or "
+        "for new_error_group the groups first seen since the evaluation before "
+        "([{id, exception, first_seen}])."
+    )
+    threshold: float | None = Field(description="null for new_error_group.")
+    since: UtcDatetime | None = Field(description="When it started firing; null when ok.")
+
+
+class AlertList(Out):
+    alerts: list[AlertRuleView] = Field(description="Every rule, firing or not, in a fixed order.")
