@@ -278,13 +278,19 @@ class BulkActionList(Out):
 # --- alerts --------------------------------------------------------------------------------------
 
 
+class NewErrorGroup(Out):
+    id: int
+    exception: str
+    first_seen: UtcDatetime
+
+
 class AlertRuleView(Out):
     alert: Literal["dlq_size", "oldest_pending_seconds", "no_workers", "new_error_group"]
     state: Literal["firing", "ok"]
-    value: Any = Field(
-        description="As last measured: a number (null when no worker has ever reported), or "
-        "for new_error_group the groups first seen since the evaluation before "
-        "([{id, exception, first_seen}])."
+    value: int | float | list[NewErrorGroup] | None = Field(
+        description="As last measured: the DLQ size, seconds waited or silent (null: no worker "
+        "is running), or for new_error_group the groups first seen since the evaluation before; "
+        "null until first evaluated."
     )
     threshold: float | None = Field(description="null for new_error_group.")
     since: UtcDatetime | None = Field(description="When it started firing; null when ok.")
