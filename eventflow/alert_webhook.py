@@ -40,7 +40,10 @@ class WebhookError(Exception):
 def slack_body(notice: dict[str, Any]) -> dict[str, Any]:
     """Slack's incoming-webhook body for a notice: a one-line text and one section block."""
     threshold = f" (threshold {notice['threshold']:g})" if notice["threshold"] is not None else ""
-    text = f"[{notice['state'].upper()}] {notice['alert']}: {notice['value']}{threshold}"
+    value = notice["value"]
+    if isinstance(value, dict):  # a new error group
+        value = f"{value['exception']} (group {value['id']})"
+    text = f"[{notice['state'].upper()}] {notice['alert']}: {value}{threshold}"
     since = f"\nsince {notice['since']}" if notice["since"] else ""
     markdown = f"*{text}*{since}\n<{notice['dashboard_url']}|Open the dashboard>"
     return {

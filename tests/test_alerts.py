@@ -190,6 +190,11 @@ def test_slack_format_posts_text_and_blocks(app, receiver):
     section = body["blocks"][0]
     assert section["type"] == "section" and section["text"]["type"] == "mrkdwn"
     assert "http://127.0.0.1:5000/dashboard/dlq" in section["text"]["text"]
+    group = {"id": 7, "exception": "KeyError"}
+    post_notice(
+        settings, alerts.notice_body(settings, "new_error_group", "firing", group, None, None, "")
+    )
+    assert receiver.delivered()[1]["text"] == "[FIRING] new_error_group: KeyError (group 7)"
 
 
 def test_get_alerts_lists_every_rule_for_admins_and_viewers(app, client, make_user):

@@ -130,6 +130,10 @@ def _alerts_loop(
             except Exception:
                 db.session.rollback()
                 logger.exception("alert evaluation failed")
+    try:  # a worker stopping hands the evaluation over at once, not when its lease lapses
+        shared.release(EVALUATOR_LEASE, worker_id())
+    except Exception:
+        logger.warning("could not release the alerts lease", exc_info=True)
 
 
 def _retention_loop(
