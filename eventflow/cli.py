@@ -1,9 +1,10 @@
 """Commands: `users create|set-role|delete|ensure-admin`, `worker`, `dlq list|replay`,
-`events purge`, `types list|pause|resume`."""
+`events purge`, `types list|pause|resume`, `alerts evaluate`."""
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import uuid
 from datetime import timedelta
@@ -12,7 +13,8 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from . import event_types, events, retention, users
+from . import alerts, event_types, events, retention, users
+from .backend import backend_of
 from .errors import ApiError
 from .filters import EventFilter
 from .models import Role, Status
@@ -23,6 +25,7 @@ users_cli = AppGroup("users", help="Manage user accounts.")
 dlq_cli = AppGroup("dlq", help="Inspect and replay the dead-letter queue.")
 events_cli = AppGroup("events", help="Maintain the events table.")
 types_cli = AppGroup("types", help="Pause and resume event types; show their state.")
+alerts_cli = AppGroup("alerts", help="Evaluate the alert rules.")
 DEFAULT_ADMIN_EMAIL = "admin@example.com"
 
 
@@ -262,9 +265,28 @@ def types_resume(event_type: str) -> None:
     click.echo(f"{sent} waiting event(s) sent to the workers")
 
 
+@alerts_cli.command("evaluate")
+def evaluate_alerts() -> None:
+    """Evaluate the rules once and post the due notices (the workers do it every interval;
+    run this from cron too, so that `no_workers` is told when no worker is left to tell it)."""
+    # The workers' evaluator holds this lease while it lives: one evaluator, one outbox order.
+    shared, me = backend_of(current_app).broker.shared, f"cli-{os.getpid()}"
+    if not shared.hold(alerts.EVALUATOR_LEASE, me, 60_000):
+        click.echo("a worker is evaluating the alerts: nothing to do here")
+        return  # not an error: cron runs this every minute, and workers usually answer
+    try:
+        sent = alerts.run_alerts(current_app.config["EVENTFLOW"])
+    finally:
+        shared.release(alerts.EVALUATOR_LEASE, me)
+    for view in alerts.list_alerts():
+        click.echo(f"{view.alert}: {view.state} (value {view.value}, threshold {view.threshold})")
+    click.echo(f"{sent} notice(s) posted")
+
+
 def register_cli(app: Flask) -> None:
     app.cli.add_command(users_cli)
     app.cli.add_command(dlq_cli)
     app.cli.add_command(events_cli)
     app.cli.add_command(types_cli)
+    app.cli.add_command(alerts_cli)
     app.cli.add_command(worker)

@@ -8,6 +8,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEV_SECRET_KEY = "dev-secret-key-change-me"
 DEV_JWT_SECRET_KEY = "dev-jwt-secret-key-change-me-please"
@@ -48,6 +49,16 @@ class Settings:
     # days (0 = never), once per interval across all workers.
     retention_days: int = 0
     retention_interval_seconds: float = 24 * 3600.0
+    # Alerts (CONTRACT section 11): rules evaluated every recovery interval, notices POSTed to
+    # the webhook when one fires or resolves (eventflow/alerts.py); no URL = no notices.
+    alert_webhook_url: str | None = None
+    alert_webhook_secret: str | None = None
+    alert_format: str = "json"  # json|slack: the body posted (eventflow/alert_webhook.py)
+    alert_dlq_size: int = 100
+    alert_oldest_pending_seconds: float = 300.0
+    alert_no_worker_seconds: float = 60.0
+    alert_repeat_seconds: float = 3600.0
+    alert_dashboard_url: str = ""
     instance_path: str = ""
     queue_path: str = field(default="")
 
@@ -116,6 +127,27 @@ def _rate_limit(env: Mapping[str, str], name: str) -> str | None:
     if match is None:
         raise ConfigError(f"{name} must look like 10/minute (N/second|minute|hour), got {raw!r}")
     return f"{match.group(1)}/{match.group(2)}"
+
+
+def _http_url(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name} must be an http:// or https:// URL, got {raw!r}")
+    return raw
+
+
+ALERT_FORMATS = ("json", "slack")
+
+
+def _alert_format(env: Mapping[str, str]) -> str:
+    raw = env.get("EVENTFLOW_ALERT_FORMAT", "")
+    value = raw.strip().lower() or "json"
+    if value not in ALERT_FORMATS:
+        raise ConfigError(f"EVENTFLOW_ALERT_FORMAT must be json or slack, got {raw!r}")
+    return value
 
 
 def _app_env(env: Mapping[str, str]) -> str:
@@ -188,6 +220,14 @@ ENVIRONMENT_VARIABLES = (
     "EVENTFLOW_LOG_FORMAT",
     "EVENTFLOW_RETENTION_DAYS",
     "EVENTFLOW_RETENTION_INTERVAL_SECONDS",
+    "EVENTFLOW_ALERT_WEBHOOK_URL",
+    "EVENTFLOW_ALERT_WEBHOOK_SECRET",
+    "EVENTFLOW_ALERT_FORMAT",
+    "EVENTFLOW_ALERT_DLQ_SIZE",
+    "EVENTFLOW_ALERT_OLDEST_PENDING_SECONDS",
+    "EVENTFLOW_ALERT_NO_WORKER_SECONDS",
+    "EVENTFLOW_ALERT_REPEAT_SECONDS",
+    "EVENTFLOW_PUBLIC_URL",
 )
 
 
@@ -203,6 +243,7 @@ def load_settings(env: Mapping[str, str] | None = None, instance_path: str = "")
             "EVENTFLOW_RETRY_MAX_SECONDS must be >= EVENTFLOW_RETRY_BASE_SECONDS "
             f"({retry_max:g} < {retry_base:g})"
         )
+    port = _integer(env, "PORT", 5000, minimum=1, maximum=65535)
     settings = Settings(
         env=app_env,
         database_url=_database_url(env, instance_path),
@@ -223,7 +264,7 @@ def load_settings(env: Mapping[str, str] | None = None, instance_path: str = "")
         recovery_interval_seconds=_number(
             env, "EVENTFLOW_RECOVERY_INTERVAL_SECONDS", 30.0, minimum=0.1
         ),
-        port=_integer(env, "PORT", 5000, minimum=1, maximum=65535),
+        port=port,
         rate_limit_login=_rate_limit(env, "EVENTFLOW_RATE_LIMIT_LOGIN") or "10/minute",
         rate_limit_register=_rate_limit(env, "EVENTFLOW_RATE_LIMIT_REGISTER") or "20/hour",
         rate_limit_ingest=_rate_limit(env, "EVENTFLOW_RATE_LIMIT_INGEST"),
@@ -238,6 +279,20 @@ def load_settings(env: Mapping[str, str] | None = None, instance_path: str = "")
         retention_interval_seconds=_number(
             env, "EVENTFLOW_RETENTION_INTERVAL_SECONDS", 24 * 3600.0, minimum=0.1
         ),
+        alert_webhook_url=_http_url(env, "EVENTFLOW_ALERT_WEBHOOK_URL"),
+        alert_webhook_secret=env.get("EVENTFLOW_ALERT_WEBHOOK_SECRET") or None,
+        alert_format=_alert_format(env),
+        alert_dlq_size=_integer(env, "EVENTFLOW_ALERT_DLQ_SIZE", 100, minimum=0, maximum=10**9),
+        alert_oldest_pending_seconds=_number(
+            env, "EVENTFLOW_ALERT_OLDEST_PENDING_SECONDS", 300.0, minimum=0
+        ),
+        alert_no_worker_seconds=_number(env, "EVENTFLOW_ALERT_NO_WORKER_SECONDS", 60.0, minimum=0),
+        alert_repeat_seconds=_number(env, "EVENTFLOW_ALERT_REPEAT_SECONDS", 3600.0, minimum=1),
+        # Where the dashboard is, for the links in alerts (workers cannot know their web's host).
+        alert_dashboard_url=(
+            _http_url(env, "EVENTFLOW_PUBLIC_URL") or f"http://127.0.0.1:{port}"
+        ).rstrip("/")
+        + "/dashboard",
         instance_path=instance_path,
         queue_path=str(Path(instance_path) / "queue.sqlite3"),
     )

@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -429,3 +431,30 @@ class PausedType(Model):
     # Who paused it, as the audit log names them (an e-mail, or the command line).
     paused_by: Mapped[str] = mapped_column(String(320))
     paused_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AlertState(Model):
+    """One alert rule's state (eventflow/alerts.py): kept here so restarts neither repeat a
+    notice nor forget one."""
+
+    __tablename__ = "alert_states"
+
+    rule: Mapped[str] = mapped_column(String(32), primary_key=True)
+    firing: Mapped[bool] = mapped_column(Boolean, default=False)
+    value: Mapped[Any | None] = mapped_column(JSON, nullable=True)  # what was measured last
+    threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)  # firing since
+    notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    evaluated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class AlertNotice(Model):
+    """A notice waiting for the webhook: the outbox, so a dead worker or receiver loses none."""
+
+    __tablename__ = "alert_notices"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)  # {alert, state, value, ...}
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_try_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

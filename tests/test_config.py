@@ -61,6 +61,15 @@ def test_durations_accept_fractions_and_urls_are_normalised():
         ({"EVENTFLOW_RETENTION_DAYS": "30d"}, "EVENTFLOW_RETENTION_DAYS"),
         ({"EVENTFLOW_RETENTION_DAYS": "-1"}, "EVENTFLOW_RETENTION_DAYS"),
         ({"EVENTFLOW_RETENTION_INTERVAL_SECONDS": "0"}, "EVENTFLOW_RETENTION_INTERVAL"),
+        ({"EVENTFLOW_ALERT_WEBHOOK_URL": "ftp://hooks.example"}, "EVENTFLOW_ALERT_WEBHOOK_URL"),
+        ({"EVENTFLOW_ALERT_WEBHOOK_URL": "hooks.example/x"}, "EVENTFLOW_ALERT_WEBHOOK_URL"),
+        ({"EVENTFLOW_ALERT_FORMAT": "teams"}, "EVENTFLOW_ALERT_FORMAT"),
+        ({"EVENTFLOW_ALERT_DLQ_SIZE": "-1"}, "EVENTFLOW_ALERT_DLQ_SIZE"),
+        ({"EVENTFLOW_ALERT_DLQ_SIZE": "lots"}, "EVENTFLOW_ALERT_DLQ_SIZE"),
+        ({"EVENTFLOW_ALERT_OLDEST_PENDING_SECONDS": "5m"}, "EVENTFLOW_ALERT_OLDEST_PENDING"),
+        ({"EVENTFLOW_ALERT_NO_WORKER_SECONDS": "-5"}, "EVENTFLOW_ALERT_NO_WORKER_SECONDS"),
+        ({"EVENTFLOW_ALERT_REPEAT_SECONDS": "0"}, "EVENTFLOW_ALERT_REPEAT_SECONDS"),
+        ({"EVENTFLOW_PUBLIC_URL": "example.com"}, "EVENTFLOW_PUBLIC_URL"),
     ],
 )
 def test_bad_values_are_refused_naming_the_setting(env, named):
@@ -99,6 +108,27 @@ def test_the_embedded_default_is_development():
     assert load_settings({}).env == "development"
 
 
+def test_alert_settings_have_the_contract_defaults():
+    settings = load_settings({})
+    assert settings.alert_webhook_url is None and settings.alert_webhook_secret is None
+    assert settings.alert_format == "json"
+    assert settings.alert_dlq_size == 100
+    assert settings.alert_oldest_pending_seconds == 300
+    assert settings.alert_no_worker_seconds == 60
+    assert settings.alert_repeat_seconds == 3600
+    assert settings.alert_dashboard_url == "http://127.0.0.1:5000/dashboard"
+    tuned = load_settings(
+        {
+            "EVENTFLOW_ALERT_WEBHOOK_URL": "https://hooks.example/T1",
+            "EVENTFLOW_ALERT_FORMAT": "Slack",
+            "EVENTFLOW_PUBLIC_URL": "https://events.example/",
+        }
+    )
+    assert tuned.alert_webhook_url == "https://hooks.example/T1"
+    assert tuned.alert_format == "slack"
+    assert tuned.alert_dashboard_url == "https://events.example/dashboard"
+
+
 def test_security_settings_have_the_contract_defaults():
     settings = load_settings({})
     assert settings.rate_limit_login == "10/minute"
@@ -131,3 +161,10 @@ def test_an_unimportable_handler_module_stops_start_up(base_env):
     result = flask_cli(env, "db", "current")
     assert result.returncode != 0
     assert "no_such_module_xyz" in result.stderr
+
+
+def test_a_bad_alert_setting_stops_start_up_naming_it(base_env):
+    result = flask_cli({**base_env, "EVENTFLOW_ALERT_FORMAT": "teams"}, "alerts", "evaluate")
+    assert result.returncode != 0
+    assert "configuration error: EVENTFLOW_ALERT_FORMAT must be json or slack" in result.stderr
+    assert "Traceback" not in result.stderr

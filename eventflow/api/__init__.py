@@ -18,6 +18,7 @@ bp.record_once(lambda state: state.app.url_map.converters.update(event_id=EventI
 
 from . import (  # noqa: E402,F401  (routes register on import)
     admin,
+    alerts,
     audit,
     auth,
     bulk,

@@ -303,3 +303,28 @@ class TypeState(Out):
     paused_at: UtcDatetime | None
     policy: TypePolicy
     counts: TypeCounts
+
+
+# --- alerts --------------------------------------------------------------------------------------
+
+
+class NewErrorGroup(Out):
+    id: int
+    exception: str
+    first_seen: UtcDatetime
+
+
+class AlertRuleView(Out):
+    alert: Literal["dlq_size", "oldest_pending_seconds", "no_workers", "new_error_group"]
+    state: Literal["firing", "ok"]
+    value: int | float | list[NewErrorGroup] | None = Field(
+        description="As last measured: the DLQ size, seconds waited or silent (null: no worker "
+        "is running), or for new_error_group the groups first seen since the evaluation before; "
+        "null until first evaluated."
+    )
+    threshold: float | None = Field(description="null for new_error_group.")
+    since: UtcDatetime | None = Field(description="When it started firing; null when ok.")
+
+
+class AlertList(Out):
+    alerts: list[AlertRuleView] = Field(description="Every rule, firing or not, in a fixed order.")

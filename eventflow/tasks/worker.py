@@ -12,6 +12,8 @@ import threading
 from flask import Flask
 from sqlalchemy import delete
 
+from .. import alert_webhook
+from ..alerts import EVALUATOR_LEASE, run_alerts
 from ..backend import SharedState
 from ..config import Settings
 from ..extensions import db
@@ -109,6 +111,31 @@ def _recovery_loop(
                 logger.exception("recovery pass failed")
 
 
+def _alerts_loop(
+    app: Flask, shared: SharedState, settings: Settings, stop: threading.Event
+) -> None:
+    """Evaluate the alert rules and post their notices every recovery interval, by one worker.
+
+    Its holder keeps the lease while it lives (renewed each pass), so one process posts the
+    outbox in order; it outlasts a pass's slowest webhook call, and lapses soon after the
+    holder dies, when another worker takes over. What it had not posted waits in the outbox.
+    """
+    interval = settings.recovery_interval_seconds
+    lease_ms = int(max(3 * interval, 4 * alert_webhook.TIMEOUT_SECONDS) * 1000)
+    while not stop.wait(interval):
+        with app.app_context():
+            try:
+                if shared.hold(EVALUATOR_LEASE, worker_id(), lease_ms):
+                    run_alerts(settings)
+            except Exception:
+                db.session.rollback()
+                logger.exception("alert evaluation failed")
+    try:  # a worker stopping hands the evaluation over at once, not when its lease lapses
+        shared.release(EVALUATOR_LEASE, worker_id())
+    except Exception:
+        logger.warning("could not release the alerts lease", exc_info=True)
+
+
 def _retention_loop(
     app: Flask, shared: SharedState, settings: Settings, stop: threading.Event
 ) -> None:
@@ -182,6 +209,12 @@ def run_worker(app: Flask, processor: Processor, workers: int, processes: bool) 
         daemon=True,
     )
     recovery.start()
+    threading.Thread(
+        target=_alerts_loop,
+        args=(app, queue.broker.shared, settings, stop),
+        name="eventflow-alerts",
+        daemon=True,
+    ).start()
     if settings.retention_days:
         logger.info(
             "retention: finished events older than %d day(s) purged every %gs",
