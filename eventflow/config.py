@@ -48,6 +48,10 @@ class Settings:
     # days (0 = never), once per interval across all workers.
     retention_days: int = 0
     retention_interval_seconds: float = 24 * 3600.0
+    # Metrics history (CONTRACT section 11): per-minute rollups kept this many days; each
+    # process flushes what it counted every flush interval (60 s; tests shorten it).
+    metrics_retention_days: int = 30
+    metrics_flush_seconds: float = 60.0
     instance_path: str = ""
     queue_path: str = field(default="")
 
@@ -188,6 +192,8 @@ ENVIRONMENT_VARIABLES = (
     "EVENTFLOW_LOG_FORMAT",
     "EVENTFLOW_RETENTION_DAYS",
     "EVENTFLOW_RETENTION_INTERVAL_SECONDS",
+    "EVENTFLOW_METRICS_RETENTION_DAYS",
+    "EVENTFLOW_METRICS_FLUSH_SECONDS",
 )
 
 
@@ -238,6 +244,10 @@ def load_settings(env: Mapping[str, str] | None = None, instance_path: str = "")
         retention_interval_seconds=_number(
             env, "EVENTFLOW_RETENTION_INTERVAL_SECONDS", 24 * 3600.0, minimum=0.1
         ),
+        metrics_retention_days=_integer(
+            env, "EVENTFLOW_METRICS_RETENTION_DAYS", 30, minimum=1, maximum=3650
+        ),
+        metrics_flush_seconds=_number(env, "EVENTFLOW_METRICS_FLUSH_SECONDS", 60.0, minimum=0.1),
         instance_path=instance_path,
         queue_path=str(Path(instance_path) / "queue.sqlite3"),
     )

@@ -34,7 +34,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
 TABLES = (
     "audit_log, event_attempts, events, revoked_tokens, users, workers, stat_buckets, "
     "error_group_hours, error_group_types, error_groups, event_counts, periodic_runs, "
-    "bulk_action_items, bulk_actions, payload_versions"
+    "bulk_action_items, bulk_actions, payload_versions, metric_minutes"
 )
 # Fast pipeline settings so retry and recovery tests finish in seconds.
 FAST_PIPELINE = {

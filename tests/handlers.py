@@ -99,3 +99,9 @@ def needs_fix(event):
     if not event.payload.get("fixed"):
         raise PermanentError("the payload needs fixing")
     return {"fixed": True}
+
+
+@handler("history.fails")
+def history_fails(event):
+    """Always fails (tests/test_metrics_history.py: a type of its own, counted exactly)."""
+    raise ValueError("history test failure")

@@ -61,6 +61,8 @@ def test_durations_accept_fractions_and_urls_are_normalised():
         ({"EVENTFLOW_RETENTION_DAYS": "30d"}, "EVENTFLOW_RETENTION_DAYS"),
         ({"EVENTFLOW_RETENTION_DAYS": "-1"}, "EVENTFLOW_RETENTION_DAYS"),
         ({"EVENTFLOW_RETENTION_INTERVAL_SECONDS": "0"}, "EVENTFLOW_RETENTION_INTERVAL"),
+        ({"EVENTFLOW_METRICS_RETENTION_DAYS": "0"}, "EVENTFLOW_METRICS_RETENTION_DAYS"),
+        ({"EVENTFLOW_METRICS_FLUSH_SECONDS": "soon"}, "EVENTFLOW_METRICS_FLUSH_SECONDS"),
     ],
 )
 def test_bad_values_are_refused_naming_the_setting(env, named):

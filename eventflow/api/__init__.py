@@ -25,4 +25,5 @@ from . import (  # noqa: E402,F401  (routes register on import)
     error_groups,
     events,
     health,
+    history,
 )

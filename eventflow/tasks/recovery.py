@@ -14,6 +14,7 @@ from sqlalchemy import delete
 
 from ..config import Settings
 from ..extensions import db
+from ..metrics_history import forget_old_metrics
 from ..models import ErrorGroupHour, Status, Worker, utcnow
 from . import transitions
 from .bulk import resume_bulk_actions
@@ -53,10 +54,10 @@ def recover_orphans(queue: EventQueue, settings: Settings, report: RecoveryRepor
             )
         if status == Status.RETRYING.value:
             report.orphans_retried += 1
-            queue.enqueue([event_id], retried=1)
+            queue.enqueue([event_id], retried=1, event_types=[event_type])
         elif status == Status.FAILED.value:
             report.orphans_failed += 1
-            queue.record(failed=1)
+            queue.record(failed=1, event_types=[event_type])
 
 
 def resend_lost_messages(queue: EventQueue, settings: Settings, report: RecoveryReport) -> None:
@@ -102,6 +103,7 @@ def recover(queue: EventQueue, settings: Settings) -> RecoveryReport:
         report.bulk_actions_resent = resume_bulk_actions(settings)
         forget_dead_workers()
         forget_old_error_hours()
+        forget_old_metrics(settings.metrics_retention_days)
     except QUEUE_ERRORS as exc:
         logger.warning("recovery skipped, queue unreachable: %s", exc)
     if any(vars(report).values()):
