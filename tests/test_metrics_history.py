@@ -29,6 +29,7 @@ from tests.processes import (
     wait_for,
     wait_until_serving,
 )
+from tests.test_dashboard_views import log_in
 
 URL = "/api/v1/metrics/history"
 
@@ -219,3 +220,24 @@ def test_percentiles_come_from_the_summed_histogram():
     assert 200 < latency_percentile(buckets, 0.95) <= 500
     assert latency_percentile(buckets, 1.0) == 5_000_000  # beyond the last bound
     assert latency_percentile([0] * len(LATENCY_COLUMNS), 0.5) is None
+
+
+# --- the dashboard ---------------------------------------------------------------------------
+
+
+def test_overview_history_range_buttons_pick_the_range_and_csv(app, client, make_user):
+    write(app, "history.page", ingested=4, ago=3 * 3600)
+    staff = make_user(role="viewer")
+    assert log_in(client, staff.email).status_code == 302
+    page = client.get("/dashboard/").get_data(as_text=True)
+    for name in ("1h", "24h", "7d", "30d"):
+        assert f'data-range="{name}"' in page and f"history={name}" in page
+    assert '<a class="btn btn-primary" data-range="1h"' in page  # the last hour by default
+    assert "0 ingested" in page  # three hours ago is not in the last hour
+    day = client.get("/dashboard/?history=24h").get_data(as_text=True)
+    assert '<a class="btn btn-primary" data-range="24h"' in day
+    assert "4 ingested" in day and "one point per 5 min" in day
+    assert "history=1h" in client.get("/dashboard/?history=2y").get_data(as_text=True)
+    csv_text = client.get("/dashboard/history.csv?history=7d").get_data(as_text=True)
+    lines = csv_text.splitlines()
+    assert lines[0].startswith("t,ingested") and len(lines) == 1 + 168

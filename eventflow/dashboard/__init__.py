@@ -4,4 +4,4 @@ from flask import Blueprint
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 
-from . import bulk, error_groups, views  # noqa: E402,F401  (routes register on import)
+from . import bulk, error_groups, history, views  # noqa: E402,F401  (routes register on import)
