@@ -50,7 +50,7 @@ def test_history_shows_the_last_hour_after_web_workers_and_redis_restart(
 ):
     port = free_port()
     redis_proc, redis_url = start_redis(tmp_path / "redis.log", port=port)
-    env = {**base_env, "REDIS_URL": redis_url}
+    env = {**base_env, "REDIS_URL": redis_url, "GUNICORN_WORKERS": "1"}
     started: list[Process] = [redis_proc]
 
     def serve() -> str:
