@@ -61,17 +61,21 @@ def test_history_shows_the_last_hour_after_web_workers_and_redis_restart(
 
     try:
         headers = bearer(client, make_user(admin=True).email)
+        write(app, "history.expired", ingested=1, ago=31 * 24 * 3600)  # past the 30 days kept
         # The web keeps the default flush interval (60 s): its counts reach the database when
         # gunicorn's workers exit. The worker flushes every 0.2 s (EVENTFLOW_METRICS_FLUSH_SECONDS).
         web = serve()
         worker = start_worker(
             REDIS_URL=redis_url, EVENTFLOW_METRICS_FLUSH_SECONDS="0.2", EVENTFLOW_MAX_ATTEMPTS="2"
         )
-        events = [{"type": "history.ok", "payload": {"n": n}} for n in range(6)]
+        events = [{"type": "history.ok", "payload": {"n": n}} for n in range(5)]
         events += [{"type": "history.fails", "payload": {"n": n}} for n in range(2)]
         answer = requests.post(
             f"{web}/api/v1/events/batch", json={"events": events}, headers=headers, timeout=10
         )
+        assert answer.status_code == 202, answer.text
+        one = {"type": "history.ok", "payload": {"n": 5}}  # the single-event (group commit) path
+        answer = requests.post(f"{web}/api/v1/events", json=one, headers=headers, timeout=10)
         assert answer.status_code == 202, answer.text
 
         def worker_counts_written() -> bool:
@@ -79,9 +83,11 @@ def test_history_shows_the_last_hour_after_web_workers_and_redis_restart(
                 rows = db.session.execute(select(metric_minutes)).mappings().all()
                 db.session.rollback()
             sums = {m: sum(r[m] for r in rows) for m in ("processed", "failed", "retried")}
-            return sums == {"processed": 6, "failed": 2, "retried": 2}
+            expired = [r for r in rows if r["type"] == "history.expired"]
+            return sums == {"processed": 6, "failed": 2, "retried": 2} and not expired
 
-        wait_for(worker_counts_written, message="the worker's counts flushed")
+        # The worker's recovery pass (every 0.5 s here) has deleted the expired row too.
+        wait_for(worker_counts_written, message="the worker's counts flushed, old rows deleted")
         # Everything stops: the worker and gunicorn by SIGTERM, Redis with all its data.
         worker.stop()
         for proc in reversed(started):
