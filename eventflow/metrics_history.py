@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import CursorResult, delete, func, select
 
 from .extensions import db
 from .models import HISTORY_COUNTS, LATENCY_BOUNDS_MS, LATENCY_COLUMNS, metric_minutes
@@ -126,5 +126,6 @@ def forget_old_metrics(retention_days: int, *, now: float | None = None) -> int:
         return 0
     cutoff = int(now if now is not None else time.time()) - retention_days * 24 * 3600
     deleted = db.session.execute(delete(metric_minutes).where(metric_minutes.c.minute < cutoff))
+    assert isinstance(deleted, CursorResult)  # what a DELETE returns: it has the rowcount
     db.session.commit()
-    return int(getattr(deleted, "rowcount", 0) or 0)
+    return deleted.rowcount
