@@ -47,6 +47,13 @@ def post_worker_init(worker):
     gc.freeze()
 
 
+def worker_exit(server, worker):
+    # What this process counted for the metrics history since its last flush (once a minute).
+    from eventflow.tasks.history import flush_history
+
+    flush_history(getattr(worker, "wsgi", None))
+
+
 def on_starting(server):
     # Each connection is a file descriptor: let the workers have as many as they may accept.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import redis
 from flask import Flask, current_app
 from huey import RedisHuey, SqliteHuey
-from sqlalchemy import ColumnElement, Engine, and_, func, type_coerce
+from sqlalchemy import ColumnElement, Engine, Table, and_, func, type_coerce
 from sqlalchemy import event as sa_event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
@@ -80,8 +80,8 @@ class Database(Protocol):
         """Whether concurrent ingests of a process share one INSERT and commit (group_commit.py)."""
         ...
 
-    def insert(self, table: type[StatBucket]) -> postgresql.Insert | sqlite.Insert:
-        """The dialect's INSERT, which has ON CONFLICT (the counters' upsert)."""
+    def insert(self, table: type[StatBucket] | Table) -> postgresql.Insert | sqlite.Insert:
+        """The dialect's INSERT, which has ON CONFLICT (the counters' and history's upserts)."""
         ...
 
     def engine_options(self) -> dict[str, Any]:
@@ -121,7 +121,7 @@ class PostgreSQL:
     name = "postgresql"
     group_commit = True
 
-    def insert(self, table: type[StatBucket]) -> postgresql.Insert:
+    def insert(self, table: type[StatBucket] | Table) -> postgresql.Insert:
         return postgresql.insert(table)
 
     def engine_options(self) -> dict[str, Any]:
@@ -174,7 +174,7 @@ class SQLite:
     name = "sqlite"
     group_commit = False
 
-    def insert(self, table: type[StatBucket]) -> sqlite.Insert:
+    def insert(self, table: type[StatBucket] | Table) -> sqlite.Insert:
         return sqlite.insert(table)
 
     def engine_options(self) -> dict[str, Any]:

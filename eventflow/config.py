@@ -59,6 +59,10 @@ class Settings:
     alert_no_worker_seconds: float = 60.0
     alert_repeat_seconds: float = 3600.0
     alert_dashboard_url: str = ""
+    # Metrics history (CONTRACT section 11): per-minute rollups kept this many days; each
+    # process flushes what it counted every flush interval (60 s; tests shorten it).
+    metrics_retention_days: int = 30
+    metrics_flush_seconds: float = 60.0
     instance_path: str = ""
     queue_path: str = field(default="")
 
@@ -228,6 +232,8 @@ ENVIRONMENT_VARIABLES = (
     "EVENTFLOW_ALERT_NO_WORKER_SECONDS",
     "EVENTFLOW_ALERT_REPEAT_SECONDS",
     "EVENTFLOW_PUBLIC_URL",
+    "EVENTFLOW_METRICS_RETENTION_DAYS",
+    "EVENTFLOW_METRICS_FLUSH_SECONDS",
 )
 
 
@@ -293,6 +299,10 @@ def load_settings(env: Mapping[str, str] | None = None, instance_path: str = "")
             _http_url(env, "EVENTFLOW_PUBLIC_URL") or f"http://127.0.0.1:{port}"
         ).rstrip("/")
         + "/dashboard",
+        metrics_retention_days=_integer(
+            env, "EVENTFLOW_METRICS_RETENTION_DAYS", 30, minimum=1, maximum=3650
+        ),
+        metrics_flush_seconds=_number(env, "EVENTFLOW_METRICS_FLUSH_SECONDS", 60.0, minimum=0.1),
         instance_path=instance_path,
         queue_path=str(Path(instance_path) / "queue.sqlite3"),
     )

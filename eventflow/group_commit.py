@@ -96,7 +96,7 @@ class Pending:
 class GroupCommitter:
     """Writes the rows of concurrent requests together; one per process (see ingest.py)."""
 
-    def __init__(self, engine: Engine, enqueue: Callable[[list[str]], object]):
+    def __init__(self, engine: Engine, enqueue: Callable[[list[Pending]], object]):
         self.engine = engine
         self.enqueue = enqueue
         self._lock = threading.Lock()
@@ -168,11 +168,11 @@ class GroupCommitter:
         finally:
             connection.close()  # back to the pool (a no-op once invalidated)
         inserted = {str(event_id) for (event_id,) in returned}
-        ids = []
+        rows = []
         for row in group:
             row.inserted = str(row.id) in inserted
             if row.inserted:
-                ids.append(row.id)
+                rows.append(row)
         # The rows are committed: losing the queue message only delays them (recovery).
-        if ids:
-            self.enqueue(ids)
+        if rows:
+            self.enqueue(rows)

@@ -160,7 +160,9 @@ def init_ingest(app: Flask, settings: Settings) -> None:
         queue = app.extensions["eventflow.queue"]
         app.extensions[COMMITTER_KEY] = GroupCommitter(
             app.extensions[INGEST_ENGINE_KEY],
-            lambda ids: queue.enqueue(ids, ingested=len(ids)),
+            lambda rows: queue.enqueue(
+                [row.id for row in rows], ingested=len(rows), event_types=[r.type for r in rows]
+            ),
         )
         app.extensions[BATCH_INSERT_KEY] = _insert_postgresql
     else:
@@ -245,7 +247,7 @@ def _create_one(
             inserted = None
     if inserted is None:
         return _earlier_event(credentials, idempotency_key), False
-    get_queue().enqueue([row["id"]], ingested=1)
+    get_queue().enqueue([row["id"]], ingested=1, event_types=[event_type])
     return row["id"], True
 
 
@@ -394,10 +396,14 @@ def create_events(credentials: Credentials, batch: list[BatchEvent]) -> BatchOut
             items.append((originals[key], False))
         else:
             items.append((ids[first[key]], first[key] == index))
-    queued = [event_id for event_id, created in items if created]
+    queued = [(event_id, batch[i].type) for i, (event_id, created) in enumerate(items) if created]
     # The rows are committed: from here on, losing the queue messages only delays the events.
     if queued:
-        get_queue().enqueue(queued, ingested=len(queued))
+        get_queue().enqueue(
+            [event_id for event_id, _ in queued],
+            ingested=len(queued),
+            event_types=[event_type for _, event_type in queued],
+        )
     return BatchOutcome(items, len(queued), len(items) - len(queued))
 
 

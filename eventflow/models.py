@@ -11,6 +11,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Column,
     DateTime,
     Float,
     ForeignKey,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     Integer,
     SmallInteger,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -458,3 +460,24 @@ class AlertNotice(Model):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_try_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# Metrics history (eventflow/tasks/history.py writes it, eventflow/metrics_history.py reads it).
+# Latencies are a histogram, not samples, so that the counts of every process add up: the upper
+# bounds (ms) of its buckets, a 1-2-5 series from 1 ms to 1 h 23 min, then one bucket beyond.
+LATENCY_BOUNDS_MS: tuple[int, ...] = tuple(m * int(10**e) for e in range(7) for m in (1, 2, 5))
+LATENCY_COLUMNS = tuple(f"latency_le_{b}" for b in LATENCY_BOUNDS_MS) + ("latency_over",)
+HISTORY_COUNTS = ("ingested", "processed", "failed", "retried")
+
+# One row per minute (unix seconds, a multiple of 60) and event type. A Core table: its 26 count
+# columns are made from the two lists above, and only ever added to by an upsert.
+metric_minutes = Table(
+    "metric_minutes",
+    db.metadata,
+    Column("minute", BigInteger, primary_key=True),
+    Column("type", String(64), primary_key=True),
+    *(
+        Column(name, Integer, nullable=False, server_default="0")
+        for name in HISTORY_COUNTS + LATENCY_COLUMNS
+    ),
+)

@@ -35,7 +35,7 @@ TABLES = (
     "audit_log, event_attempts, events, revoked_tokens, users, workers, stat_buckets, "
     "error_group_hours, error_group_types, error_groups, event_counts, periodic_runs, "
     "bulk_action_items, bulk_actions, payload_versions, paused_types, alert_states, "
-    "alert_notices"
+    "alert_notices, metric_minutes"
 )
 # Fast pipeline settings so retry and recovery tests finish in seconds.
 FAST_PIPELINE = {
@@ -118,6 +118,7 @@ def migrated(database_url, base_env):
 @pytest.fixture
 def app(migrated, base_env):
     from eventflow import create_app
+    from eventflow.tasks.history import flush_history
 
     app = create_app({**base_env, "TESTING": True})
     with app.app_context():
@@ -128,6 +129,9 @@ def app(migrated, base_env):
         db.session.remove()
     redis_lib.Redis.from_url(base_env["REDIS_URL"]).flushdb()
     yield app
+    # Write what this app counted for the metrics history now, not from its flusher thread a
+    # minute later, into a later test's tables.
+    flush_history(app)
 
 
 @pytest.fixture

@@ -106,3 +106,9 @@ def two_attempts(event):
     """Always fails; its own policy gives it 2 attempts (the tests' global is the default 5)."""
     _effect(event)
     raise RuntimeError(f"attempt {event.attempt} of 2 failed")
+
+
+@handler("history.fails")
+def history_fails(event):
+    """Always fails (tests/test_metrics_history.py: a type of its own, counted exactly)."""
+    raise ValueError("history test failure")

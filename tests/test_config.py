@@ -70,6 +70,8 @@ def test_durations_accept_fractions_and_urls_are_normalised():
         ({"EVENTFLOW_ALERT_NO_WORKER_SECONDS": "-5"}, "EVENTFLOW_ALERT_NO_WORKER_SECONDS"),
         ({"EVENTFLOW_ALERT_REPEAT_SECONDS": "0"}, "EVENTFLOW_ALERT_REPEAT_SECONDS"),
         ({"EVENTFLOW_PUBLIC_URL": "example.com"}, "EVENTFLOW_PUBLIC_URL"),
+        ({"EVENTFLOW_METRICS_RETENTION_DAYS": "0"}, "EVENTFLOW_METRICS_RETENTION_DAYS"),
+        ({"EVENTFLOW_METRICS_FLUSH_SECONDS": "soon"}, "EVENTFLOW_METRICS_FLUSH_SECONDS"),
     ],
 )
 def test_bad_values_are_refused_naming_the_setting(env, named):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import uuid
 from types import SimpleNamespace
 
@@ -20,6 +21,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 from eventflow import users
 from eventflow.extensions import db
 from eventflow.models import Event, Status
+from eventflow.tasks.history import HISTORY_KEY
 
 from .pipeline import statuses, wait_terminal
 from .processes import ROOT, Process, free_port, launch_gunicorn, wait_until_serving
@@ -462,3 +464,28 @@ def test_a_group_shows_with_its_day_and_traceback_and_replay_empties_it(
     ).to_be_visible()
     shot(viewer, "errors-viewer")
     viewer.context.close()
+
+
+def test_history_chart_shows_each_range_its_buttons_pick(live_server, app, admin, page):
+    """The Overview's History chart: each range button redraws it from the database."""
+    history = app.extensions[HISTORY_KEY]
+    history.count("ingested", ["ORDER_CREATED"] * 3)
+    history.processed([("ORDER_CREATED", 8.0)] * 3)
+    history.count("ingested", ["page.view"] * 4, at=time.time() - 3 * 3600)
+    history.flush()
+
+    log_in(page, live_server, admin.email)
+    chart = page.locator("#history-chart")
+    expect(chart.locator("canvas")).to_be_visible()
+    expect(chart).to_have_attribute("data-points", "60")
+    expect(page.locator("#history-summary")).to_contain_text("3 ingested · 3 processed")
+
+    page.get_by_role("link", name="24 hours").click()
+    expect(page).to_have_url(re.compile(r"history=24h"))
+    expect(page.get_by_role("link", name="24 hours")).to_have_attribute("aria-current", "true")
+    expect(chart).to_have_attribute("data-points", "288")
+    expect(page.locator("#history-summary")).to_contain_text("7 ingested · 3 processed")
+    shot(page, "history")
+
+    page.get_by_role("link", name="30 days").click()
+    expect(chart).to_have_attribute("data-points", "120")

@@ -26,5 +26,6 @@ from . import (  # noqa: E402,F401  (routes register on import)
     error_groups,
     events,
     health,
+    history,
     types,
 )

@@ -210,6 +210,10 @@ def _response(
     elif kind is not None:
         schema = schemas.ref(kind, "serialization")
         response["content"] = {"application/json": {"schema": schema}}
+    if status in spec.response_media:
+        response.setdefault("content", {})[spec.response_media[status]] = {
+            "schema": {"type": "string"}
+        }
     headers = spec.response_headers.get(status)
     if headers:
         response["headers"] = {

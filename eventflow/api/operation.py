@@ -56,6 +56,8 @@ class Operation:
     description: str = ""
     links: Mapping[int, Mapping[str, Link]] = field(default_factory=dict)
     response_headers: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
+    # status -> another media type the route may answer with on request (e.g. text/csv)
+    response_media: Mapping[int, str] = field(default_factory=dict)
     adapters: Mapping[int, TypeAdapter[Any]] = field(default_factory=dict)
 
 

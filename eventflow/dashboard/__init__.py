@@ -4,4 +4,11 @@ from flask import Blueprint
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 
-from . import banner, bulk, error_groups, types, views  # noqa: E402,F401  (routes register on import)
+from . import (  # noqa: E402,F401  (routes register on import)
+    banner,
+    bulk,
+    error_groups,
+    history,
+    types,
+    views,
+)

@@ -38,6 +38,7 @@ from .access import (
     wants_fragment,
 )
 from .formatting import register_filters
+from .history import chosen_range, history_for_page
 
 PUBLIC_ENDPOINTS = {"dashboard.login_form", "dashboard.login"}
 PAGE_SIZES = (25, 50, 100)
@@ -140,7 +141,14 @@ def overview() -> ResponseReturnValue:
         stats = snapshot(get_queue().stats)
     except QUEUE_ERRORS:
         stats = None  # the page still loads; the live feed fills it in when the queue is back
-    return render_template("dashboard/overview.html", stats=stats, infra=read_infrastructure())
+    history_range = chosen_range()
+    return render_template(
+        "dashboard/overview.html",
+        stats=stats,
+        infra=read_infrastructure(),
+        history_range=history_range,
+        history=history_for_page(history_range),
+    )
 
 
 @bp.get("/infrastructure")

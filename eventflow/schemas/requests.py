@@ -349,3 +349,25 @@ class TypePath(BaseModel):
     """/types/{event_type}/…: any valid type name, with or without a handler or events."""
 
     event_type: EventType
+
+
+# --- metrics history -----------------------------------------------------------------------------
+
+HistoryRangeName = Annotated[
+    Literal["1h", "24h", "7d", "30d"],
+    Field(description="1h in 60 s steps, 24h in 5 min, 7d in 1 h, 30d in 6 h."),
+    Invalid("invalid_range", "must be one of 1h, 24h, 7d, 30d"),
+]
+HistoryFormat = Annotated[
+    Literal["json", "csv"],
+    Field(description="csv: text/csv with a header row, one line per point."),
+    Invalid("invalid_format", "must be json or csv"),
+]
+
+
+class HistoryQuery(Query):
+    """GET /metrics/history: one range of the per-minute rollups, optionally of one type."""
+
+    range: HistoryRangeName = "1h"
+    type: EventType | None = Field(None, description="Only this event type (default: all).")
+    format: HistoryFormat = "json"

@@ -328,3 +328,22 @@ class AlertRuleView(Out):
 
 class AlertList(Out):
     alerts: list[AlertRuleView] = Field(description="Every rule, firing or not, in a fixed order.")
+
+
+class HistoryPointView(Out):
+    t: UtcDatetime = Field(description="The start of the step.")
+    ingested: int
+    processed: int
+    failed: int
+    retried: int
+    p50_ms: float | None = Field(description="Estimated from a histogram; null: none processed.")
+    p95_ms: float | None
+    p99_ms: float | None
+
+
+class MetricsHistoryView(Out):
+    """Oldest first; a step with nothing counted is a point of zeros."""
+
+    range: str
+    step_seconds: int
+    points: list[HistoryPointView]

@@ -281,7 +281,13 @@ class Processor:
         # to a no-op event's worker CPU (bench/process.py), one per batch about a tenth.
         emit_lines(attempt_logger, logging.INFO, ATTEMPT_TEXT, processed)
         if latencies:
-            self.queue.record_latencies(latencies.values(), processed=len(latencies))
+            self.queue.record_processed(
+                [
+                    (claimed.type, latencies[claimed.id])
+                    for claimed, _, _ in done
+                    if claimed.id in latencies
+                ]
+            )
 
     def _retry(
         self, claimed: ClaimedEvent, exc: Exception, seconds: float, policy: RetryPolicy
@@ -299,7 +305,7 @@ class Processor:
                 retry_in_ms=round(delay * 1000),
             )
             self.queue.enqueue_later(claimed.id, delay)
-            self.queue.record(retried=1)
+            self.queue.record(retried=1, event_types=[claimed.type])
         else:
             _log_claim(logging.WARNING, "claim_lost", claimed, seconds, error=error)
 
@@ -308,6 +314,6 @@ class Processor:
         error = failure.error
         if self.database.finish_attempt(transitions.to_dlq(claimed, failure)):
             _log_claim(logging.ERROR, "failed", claimed, seconds, error=error)
-            self.queue.record(failed=1)
+            self.queue.record(failed=1, event_types=[claimed.type])
         else:
             _log_claim(logging.WARNING, "claim_lost", claimed, seconds, error=error)

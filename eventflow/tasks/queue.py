@@ -6,7 +6,7 @@ import logging
 import os
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import redis
@@ -16,6 +16,8 @@ from huey.serializer import Serializer
 
 from ..backend import Backend, Database
 from ..config import Settings
+from ..models import HISTORY_COUNTS
+from .history import History, init_history
 from .processing import Processor
 from .registry import load_handlers
 
@@ -67,16 +69,28 @@ def message_writer(huey: Huey, process_task: Any) -> Callable[[str], bytes]:
 class EventQueue:
     """Sends event ids to the workers and feeds the live counters in the same round trip."""
 
-    def __init__(self, backend: Backend, process_task: Any) -> None:
+    def __init__(self, backend: Backend, process_task: Any, history: History) -> None:
         self.broker = backend.broker
         self.database: Database = backend.database
         self.huey = backend.broker.huey
         self.stats = backend.broker.counters
+        self.history = history  # per minute and type, in the database (tasks/history.py)
         self.process_task = process_task  # a huey TaskWrapper (untyped)
         self._message = message_writer(self.huey, process_task)
 
-    def enqueue(self, event_ids: Iterable[uuid.UUID | str], **counts: int) -> bool:
-        """Queue the events now; False (logged) when the queue is unreachable."""
+    def enqueue(
+        self,
+        event_ids: Iterable[uuid.UUID | str],
+        *,
+        event_types: Sequence[str] = (),
+        **counts: int,
+    ) -> bool:
+        """Queue the events now; False (logged) when the queue is unreachable.
+
+        `counts` feed the live counters; those the history keeps are also counted there once
+        per type in `event_types` (the types of the events counted).
+        """
+        self._count_history(event_types, counts)
         message = self._message
         messages = [message(str(i)) for i in event_ids]
         try:
@@ -127,8 +141,21 @@ class EventQueue:
             logger.warning("queue unavailable, retry of %s left for recovery: %s", event_id, exc)
             return False
 
-    def record(self, **counts: int) -> None:
+    def record(self, *, event_types: Sequence[str] = (), **counts: int) -> None:
+        """Feed the live counters (and the history, as enqueue does)."""
+        self._count_history(event_types, counts)
         self.record_latencies((), **counts)
+
+    def record_processed(self, latencies: Sequence[tuple[str, float]]) -> None:
+        """Count processed events, given as (type, latency in ms): live counters and history."""
+        self.history.processed(latencies)
+        self.record_latencies([ms for _, ms in latencies], processed=len(latencies))
+
+    def _count_history(self, event_types: Sequence[str], counts: dict[str, int]) -> None:
+        if event_types:
+            for metric in counts:
+                if metric in HISTORY_COUNTS:
+                    self.history.count(metric, event_types)
 
     def record_latencies(self, latencies_ms: Iterable[float], **counts: int) -> None:
         try:
@@ -156,7 +183,8 @@ def init_queue(app: Flask, settings: Settings, backend: Backend) -> EventQueue:
         with app.app_context():
             processor.process(event_id)
 
-    queue = EventQueue(backend, process_event_task)
+    history = init_history(app, backend.database, settings.metrics_flush_seconds)
+    queue = EventQueue(backend, process_event_task, history)
     handlers = load_handlers(settings.handlers)
     processor = Processor(queue, handlers, settings, backend.database)
     app.extensions[QUEUE_KEY] = queue

@@ -15,6 +15,7 @@ from sqlalchemy import delete
 
 from ..config import Settings
 from ..extensions import db
+from ..metrics_history import forget_old_metrics
 from ..models import ErrorGroupHour, Status, Worker, utcnow
 from . import transitions
 from .bulk import resume_bulk_actions
@@ -59,10 +60,10 @@ def recover_orphans(
             )
         if status == Status.RETRYING.value:
             report.orphans_retried += 1
-            queue.enqueue([event_id], retried=1)
+            queue.enqueue([event_id], retried=1, event_types=[event_type])
         elif status == Status.FAILED.value:
             report.orphans_failed += 1
-            queue.record(failed=1)
+            queue.record(failed=1, event_types=[event_type])
 
 
 def resend_lost_messages(queue: EventQueue, settings: Settings, report: RecoveryReport) -> None:
@@ -115,6 +116,7 @@ def recover(
         report.bulk_actions_resent = resume_bulk_actions(settings)
         forget_dead_workers()
         forget_old_error_hours()
+        forget_old_metrics(settings.metrics_retention_days)
     except QUEUE_ERRORS as exc:
         logger.warning("recovery skipped, queue unreachable: %s", exc)
     if any(vars(report).values()):

@@ -186,9 +186,13 @@ def run_worker(app: Flask, processor: Processor, workers: int, processes: bool) 
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         heartbeat.ensure_started()
 
+    def stop_worker() -> None:
+        heartbeat.stop()
+        queue.history.flush()  # this process's counts since its last flush
+
     huey.on_startup("eventflow")(start_worker)
     if processes:
-        huey.on_shutdown("eventflow")(heartbeat.stop)
+        huey.on_shutdown("eventflow")(stop_worker)
 
     consumer = huey.create_consumer(
         workers=workers,
@@ -240,4 +244,4 @@ def run_worker(app: Flask, processor: Processor, workers: int, processes: bool) 
     finally:
         stop.set()
         if not processes:
-            heartbeat.stop()
+            stop_worker()

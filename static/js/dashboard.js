@@ -210,6 +210,77 @@
     drawChart();
   }
 
+  /* --- history chart (Overview): a range of the per-minute rollups, drawn once ------------- */
+
+  const historyBox = document.getElementById("history-chart");
+  const historyData = document.getElementById("history-data");
+
+  function drawHistory() {
+    if (!historyBox || !historyData || !window.uPlot) return;
+    const history = JSON.parse(historyData.textContent);
+    const pts = history.points;
+    const step = history.step_seconds;
+    const data = [pts.map((p) => Date.parse(p.t) / 1000)]
+      .concat(SERIES.map((s) => pts.map((p) => p[s.key])))
+      .concat([pts.map((p) => p.p95_ms)]);
+    const dated = step >= 3600;
+    const chartOf = new window.uPlot(
+      {
+        width: Math.max(historyBox.clientWidth, 280),
+        height: 260,
+        series: [{}]
+          .concat(
+            SERIES.map((s) => ({
+              label: s.label,
+              stroke: s.color,
+              width: 2,
+              points: { show: false },
+              value: (u, v) => (v == null ? DASH : whole.format(v)),
+            }))
+          )
+          .concat([
+            {
+              label: "p95 latency",
+              stroke: "#6b7280",
+              dash: [6, 4],
+              scale: "ms",
+              points: { show: false },
+              value: (u, v) => (v == null ? DASH : whole.format(v) + " ms"),
+            },
+          ]),
+        scales: { y: { range: (u, min, max) => [0, Math.max(5, Math.ceil(max * 1.1))] } },
+        axes: [
+          {
+            space: 80,
+            values: (u, ticks) =>
+              ticks.map((t) =>
+                dated
+                  ? new Date(t * 1000).toLocaleDateString(undefined, { month: "short", day: "numeric" })
+                  : timeOfDay.format(new Date(t * 1000))
+              ),
+          },
+          {
+            size: 56,
+            label: "events / " + (step >= 3600 ? step / 3600 + " h" : step / 60 + " min"),
+            labelSize: 18,
+            values: (u, ticks) => ticks.map((t) => whole.format(t)),
+          },
+          { scale: "ms", side: 1, size: 56, grid: { show: false },
+            values: (u, ticks) => ticks.map((t) => whole.format(t) + " ms") },
+        ],
+        cursor: { drag: { x: false, y: false } },
+      },
+      data,
+      historyBox
+    );
+    historyBox.dataset.points = String(pts.length);
+    new ResizeObserver(() => {
+      chartOf.setSize({ width: Math.max(historyBox.clientWidth, 280), height: 260 });
+    }).observe(historyBox);
+  }
+  if (window.uPlot) drawHistory();
+  else window.addEventListener("load", drawHistory);
+
   /* --- live feed --------------------------------------------------------------------------- */
 
   let dlqKey = null;
