@@ -50,6 +50,14 @@ def test_uuids_hex_strings_and_addresses_are_normalised():
     )
 
 
+def test_a_long_hex_value_without_letters_falls_together_with_one_that_has_them():
+    # A 12-hex-digit sku is all digits about once in 300: it must not make a group of its own.
+    with_letters = fingerprints.normalise_message("price of sku 3fa9c01be742 must be positive")
+    only_digits = fingerprints.normalise_message("price of sku 309101254742 must be positive")
+    assert with_letters == only_digits == "price of sku <hex> must be positive"
+    assert fingerprints.normalise_message("retry 1234567 of 7") == "retry <n> of <n>"
+
+
 def test_different_classes_and_different_frames_make_different_groups():
     no_customer = fingerprint_exception(raised(handlers.no_customer, event(n=1, customers=["a"])))
     timeout = fingerprint_exception(raised(handlers.upstream_timeout, event(n=1)))

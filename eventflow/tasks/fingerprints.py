@@ -38,7 +38,9 @@ _NORMALISE = [
         "<uuid>",
     ),
     (
-        re.compile(r"\b0x[0-9a-f]+\b|\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{8,}\b", re.I),
+        # Eight or more hex digits with at least one digit: ids, hashes, long numbers alike (a
+        # 12-digit sku that happens to have no letter is the same kind of value as one that has).
+        re.compile(r"\b0x[0-9a-f]+\b|\b(?=[0-9a-f]*\d)[0-9a-f]{8,}\b", re.I),
         "<hex>",
     ),
     (re.compile(r"\b\d+\b"), "<n>"),  # each run of digits: 3.5 -> <n>.<n>, an IP -> <n>.<n>.<n>.<n>
