@@ -156,10 +156,12 @@ class Event(Model):
             sqlite_where=text(WAITING_PREDICATE),
         ),
         # The Events page and bulk actions filtered by error group (only failed events have one).
+        # With the type in it, a group + type count is an index-only scan (PostgreSQL).
         Index(
             "ix_events_error_group_id_created_at",
             "error_group_id",
             "created_at",
+            postgresql_include=["type"],
             postgresql_where=text("error_group_id IS NOT NULL"),
             sqlite_where=text("error_group_id IS NOT NULL"),
         ),

@@ -62,6 +62,14 @@ def test_partial_indexes_leave_out_the_rows_the_pipelines_moves_make(app):
     assert "<> 'PROCESSED'" in partial["ix_events_user_id_status_created_at"]
 
 
+def test_the_group_index_carries_the_type_so_a_group_and_type_count_reads_only_it(app):
+    with app.app_context():
+        indexes = {i["name"]: i for i in inspect(db.engine).get_indexes("events")}
+    group = indexes["ix_events_error_group_id_created_at"]
+    assert group["column_names"] == ["error_group_id", "created_at"]
+    assert group["include_columns"] == ["type"]
+
+
 def test_db_upgrade_builds_the_schema_on_an_empty_sqlite_file(base_env, tmp_path):
     env = {k: v for k, v in base_env.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env["EVENTFLOW_INSTANCE_PATH"] = str(tmp_path)
