@@ -7,6 +7,7 @@ Shared by the API and the dashboard. The workers run them a batch at a time
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 
 from flask import current_app
@@ -22,9 +23,9 @@ from sqlalchemy import (
     update,
 )
 
-from . import audit
+from . import audit, counts
 from .errors import ApiError
-from .events import Viewer
+from .events import EVERY_EVENT, Viewer
 from .extensions import db
 from .filters import EventFilter, conditions
 from .models import (
@@ -62,11 +63,15 @@ def _matching(actor: User | None, event_filter: EventFilter) -> list[ColumnEleme
 
 def count_matching(actor: User | None, event_filter: EventFilter) -> int:
     """The dry run: how many events a bulk action with this filter would touch now."""
-    count = db.session.scalar(
-        select(func.count()).select_from(Event).where(*_matching(actor, event_filter))
-    )
+    where = _matching(actor, event_filter)
+    if replace(event_filter, status=None, type=None) == EVERY_EVENT:
+        # The DLQ, or one type of it: exact from the counters. Counting its rows reads every
+        # FAILED event's row, spread over the whole table: 2.7 s at 10M events (BENCHMARKS.md).
+        count = counts.count_events(Status.FAILED.value, event_filter.type).count
+    else:
+        count = db.session.scalar(select(func.count()).select_from(Event).where(*where)) or 0
     db.session.rollback()
-    return count or 0
+    return count
 
 
 def create_bulk_action(

@@ -89,6 +89,8 @@ class Status(enum.StrEnum):
 # spelled as transitions.WAITING lists them (the planner matches it against those queries).
 WAITING_PREDICATE = "status IN ('PENDING', 'RETRYING')"
 FAILED_PREDICATE = "status = 'FAILED'"
+# Every event but the processed ones, most of them (the user + status filter's index).
+UNPROCESSED_PREDICATE = "status <> 'PROCESSED'"
 
 
 class Outcome(enum.StrEnum):
@@ -158,10 +160,12 @@ class Event(Model):
             sqlite_where=text(WAITING_PREDICATE),
         ),
         # The Events page and bulk actions filtered by error group (only failed events have one).
+        # With the type in it, a group + type count is an index-only scan (PostgreSQL).
         Index(
             "ix_events_error_group_id_created_at",
             "error_group_id",
             "created_at",
+            postgresql_include=["type"],
             postgresql_where=text("error_group_id IS NOT NULL"),
             sqlite_where=text("error_group_id IS NOT NULL"),
         ),
@@ -186,6 +190,18 @@ class Event(Model):
             "error_group_id",
             postgresql_where=text(FAILED_PREDICATE),
             sqlite_where=text(FAILED_PREDICATE),
+        ),
+        # A user's events of one status, newest first, and their capped count: an index range
+        # however many events the user has. Processed ones are left out: they are most of a
+        # user's events, so ix_events_user_id_created_at finds them at once, and a completion
+        # (the commonest move) then writes no entry here.
+        Index(
+            "ix_events_user_id_status_created_at",
+            "user_id",
+            "status",
+            "created_at",
+            postgresql_where=text(UNPROCESSED_PREDICATE),
+            sqlite_where=text(UNPROCESSED_PREDICATE),
         ),
     )
 

@@ -133,6 +133,9 @@ def test_a_dry_run_counts_exactly_what_the_real_run_then_touches(
         client, admin_headers, "/bulk-actions", {**body, "filter": also_failed, "dry_run": True}
     )
     assert (dry.status_code, dry.get_json()) == (200, {"matched": 30})
+    # A type alone (or nothing) is answered from the counters, exactly as a count would.
+    by_type = {"action": "replay", "filter": {"type": "ORDER_SYNC"}, "dry_run": True}
+    assert post(client, admin_headers, "/bulk-actions", by_type).get_json() == {"matched": 40}
     assert counts(app) == {"FAILED": 47}  # a dry run changes nothing
 
     started = bulk(client, admin_headers, **body, note="acme fixed their endpoint")

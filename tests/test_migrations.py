@@ -36,7 +36,7 @@ def test_postgresql_uses_jsonb_and_native_uuid_and_indexes_the_list_queries(app)
     assert len(leading) == len(set(leading)), leading
 
 
-def test_claims_and_completions_leave_the_pipelines_partial_indexes_alone(app):
+def test_partial_indexes_leave_out_the_rows_the_pipelines_moves_make(app):
     with app.app_context():
         partial = {
             i["name"]: i["dialect_options"]["postgresql_where"]
@@ -44,12 +44,14 @@ def test_claims_and_completions_leave_the_pipelines_partial_indexes_alone(app):
             if "postgresql_where" in i.get("dialect_options", {})
         }
     # Waiting events only (PROCESSING and PROCESSED rows have no entry), processed ones only,
-    # failed ones only (a fresh event has no error group).
+    # failed ones only (a fresh event has no error group), unprocessed ones only (a completion
+    # writes no entry there).
     assert set(partial) == {
         "ix_events_waiting_next_attempt_at",
         "ix_events_processed_at",
         "ix_events_error_group_id_created_at",
         "ix_events_failed_error_group_id",
+        "ix_events_user_id_status_created_at",
     }
     assert "error_group_id IS NOT NULL" in partial["ix_events_error_group_id_created_at"]
     assert "PENDING" in partial["ix_events_waiting_next_attempt_at"]
@@ -57,6 +59,15 @@ def test_claims_and_completions_leave_the_pipelines_partial_indexes_alone(app):
     assert "PROCESSING" not in partial["ix_events_waiting_next_attempt_at"]
     assert "processed_at IS NOT NULL" in partial["ix_events_processed_at"]
     assert "FAILED" in partial["ix_events_failed_error_group_id"]  # a group's DLQ events
+    assert "<> 'PROCESSED'" in partial["ix_events_user_id_status_created_at"]
+
+
+def test_the_group_index_carries_the_type_so_a_group_and_type_count_reads_only_it(app):
+    with app.app_context():
+        indexes = {i["name"]: i for i in inspect(db.engine).get_indexes("events")}
+    group = indexes["ix_events_error_group_id_created_at"]
+    assert group["column_names"] == ["error_group_id", "created_at"]
+    assert group["include_columns"] == ["type"]
 
 
 def test_db_upgrade_builds_the_schema_on_an_empty_sqlite_file(base_env, tmp_path):

@@ -439,3 +439,80 @@ def test_cursor_paging_works_on_the_embedded_sqlite_default(base_env, tmp_path):
     finally:
         with app.app_context():
             db.engine.dispose()
+
+
+def test_one_users_events_of_one_status_are_a_range_of_one_index(
+    app, client, make_user, admin_auth
+):
+    crowd, alice = make_user(), make_user()
+    # 60,000 events, 1 in 100 Alice's, 1 in 7 FAILED. The user's index alone reads all of her
+    # events to count her failed ones, the status index alone every failed event.
+    with app.app_context():
+        db.session.execute(
+            text(
+                "INSERT INTO events (id, user_id, type, payload, status, attempts,"
+                " replayed_attempts, created_at)"
+                " SELECT gen_random_uuid(),"
+                "  CASE WHEN g % 100 = 0 THEN CAST(:alice AS uuid) ELSE CAST(:crowd AS uuid) END,"
+                "  'COMMON', '{}', CASE WHEN g % 7 = 0 THEN 'FAILED' ELSE 'PROCESSED' END, 1, 0,"
+                "  now() - g * interval '1 second'"
+                " FROM generate_series(1, 60000) AS g"
+            ),
+            {"alice": str(alice.id), "crowd": str(crowd.id)},
+        )
+        db.session.commit()
+        db.session.execute(text("ANALYZE events"))
+        db.session.commit()
+    # By e-mail address or by id: either way the statement names her id, so the planner
+    # knows how few events she has.
+    for query in (f"user={alice.email}&page=1", f"user={alice.id}&cursor="):
+        url = f"/api/v1/events?limit=20&status=FAILED&{query}"
+        with _sql_sent(app) as sent:
+            body = _get(client, url, admin_auth)
+        statements = [s for s in sent if "FROM events" in s[0]]
+        assert len(statements) == (2 if "page" in query else 1)  # the page and its count
+        for statement, parameters in statements:
+            plan = _plan(app, statement, parameters)
+            assert "using ix_events_user_id_status_created_at on events" in plan, (url, plan)
+            assert "Sort Key" not in plan or "Presorted Key: created_at" in plan, plan
+        assert len(body["items"]) == 20
+        assert {item["status"] for item in body["items"]} == {"FAILED"}
+        assert body["next_cursor"] is not None
+    assert _get(client, f"/api/v1/events?user={alice.email}&status=FAILED", admin_auth)[
+        "total"
+    ] == len(range(700, 60001, 700))
+
+
+def test_a_count_of_one_error_groups_events_of_one_type_reads_only_the_group_index(
+    app, client, make_user, admin_auth
+):
+    crowd = make_user()
+    # 60,000 events, 1 in 10 failed in group 1, 5 in 6 of the common type.
+    with app.app_context():
+        db.session.execute(
+            text(
+                "INSERT INTO events (id, user_id, type, payload, status, attempts,"
+                " replayed_attempts, created_at, error_group_id)"
+                " SELECT gen_random_uuid(), CAST(:crowd AS uuid),"
+                "  CASE WHEN g % 6 = 0 THEN 'RARE' ELSE 'COMMON' END, '{}',"
+                "  CASE WHEN g % 10 = 0 THEN 'FAILED' ELSE 'PROCESSED' END, 1, 0,"
+                "  now() - g * interval '1 second',"
+                "  CASE WHEN g % 10 = 0 THEN 1 END"
+                " FROM generate_series(1, 60000) AS g"
+            ),
+            {"crowd": str(crowd.id)},
+        )
+        db.session.commit()
+        with db.engine.connect() as conn:
+            # As on any table that has been vacuumed: the count needs no row but the index's.
+            conn.execution_options(isolation_level="AUTOCOMMIT").execute(
+                text("VACUUM ANALYZE events")
+            )
+    url = "/api/v1/events?limit=20&error_group=1&type=COMMON"
+    with _sql_sent(app) as sent:
+        body = _get(client, url, admin_auth)
+    [count] = [s for s in sent if "count" in s[0] and "FROM events" in s[0]]
+    plan = _plan(app, *count)
+    assert "Index Only Scan using ix_events_error_group_id_created_at on events" in plan, plan
+    assert body["total"] == len([g for g in range(10, 60001, 10) if g % 6])
+    assert {item["type"] for item in body["items"]} == {"COMMON"}
