@@ -8,6 +8,7 @@ Redis database 15. A missing service fails the run: nothing is skipped. Starting
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ import psycopg2
 import pytest
 import redis as redis_lib
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from tests import processes
 from tests.processes import (
@@ -124,8 +126,19 @@ def app(migrated, base_env):
     with app.app_context():
         from eventflow.extensions import db
 
-        db.session.execute(text(f"TRUNCATE {TABLES} CASCADE"))
-        db.session.commit()
+        # A module's shared worker may still be finishing the previous test's events: its row
+        # locks can meet TRUNCATE's table locks in the other order (a deadlock PostgreSQL
+        # breaks by cancelling one side). Empty the tables again then.
+        for attempt in range(5):
+            try:
+                db.session.execute(text(f"TRUNCATE {TABLES} CASCADE"))
+                db.session.commit()
+                break
+            except OperationalError:
+                db.session.rollback()
+                if attempt == 4:
+                    raise
+                time.sleep(0.2)
         db.session.remove()
     redis_lib.Redis.from_url(base_env["REDIS_URL"]).flushdb()
     yield app
