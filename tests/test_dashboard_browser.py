@@ -98,7 +98,10 @@ def admin(make_user):
 
 def serve_dashboard(env: dict, log_path, port: int | None = None) -> tuple[Process, str]:
     """Start gunicorn (2 workers, gunicorn.conf.py) and wait until /health answers 200."""
-    proc, url = launch_gunicorn({**env, "GUNICORN_WORKERS": "2"}, log_path, port=port)
+    # The module shares this server: its metrics-history counts wait for its exit instead of
+    # landing, once a minute, in the middle of a later test (the History chart test reads them).
+    env = {**env, "GUNICORN_WORKERS": "2", "EVENTFLOW_METRICS_FLUSH_SECONDS": "86400"}
+    proc, url = launch_gunicorn(env, log_path, port=port)
     wait_until_serving(proc, url, statuses=(200,))
     return proc, url
 
